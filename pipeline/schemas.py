@@ -1,0 +1,87 @@
+"""Every on-disk table's schema, declared once. Writers pass these; readers trust them.
+
+Bump SCHEMA_VERSION when a column changes meaning or type; a run records the version it was
+written with and refuses to append rows under another one.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+UTTERANCES = pa.schema(
+    [
+        ("utterance_id", pa.string()),
+        ("corpus", pa.string()),
+        ("speaker", pa.string()),
+        ("split", pa.string()),
+        ("n_samples", pa.int64()),
+        ("sample_rate_hz", pa.int32()),  # after resampling: always 16000
+        ("source_sample_rate_hz", pa.int32()),
+        ("source_channels", pa.int16()),
+        ("duration_s", pa.float64()),
+        ("text", pa.string()),
+        ("metadata", pa.map_(pa.string(), pa.string())),
+    ]
+)
+
+SEGMENTS = pa.schema(
+    [
+        ("utterance_id", pa.string()),
+        ("tier", pa.string()),
+        ("idx", pa.int32()),
+        ("label", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("source", pa.string()),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        ("utterance_id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+def frames_schema(dim: int, dtype: str) -> pa.Schema:
+    """One row per frame of one layer. `vector` is a fixed-size list (float16 halves the bytes)."""
+    value_type = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
+    return pa.schema(
+        [
+            ("utterance_id", pa.string()),
+            ("frame", pa.int32()),
+            ("time_s", pa.float32()),  # frame centre: (hop * frame + receptive_field / 2) / 16000
+            ("phone", pa.string()),  # label of the phone interval holding the centre; null outside
+            ("word", pa.string()),
+            ("vector", pa.list_(value_type, dim)),
+        ]
+    )
+
+
+TABLES = {
+    "utterances": UTTERANCES,
+    "segments": SEGMENTS,
+    "quarantine": QUARANTINE,
+}
+
+# Reason codes of the quarantine table; anything else is a bug.
+REASONS = {
+    "decode_error": "the bytes are not readable audio (corrupt, truncated, not audio)",
+    "empty_audio": "the audio has zero samples",
+    "too_short": "fewer samples than one frame's receptive field (400 at 16 kHz)",
+    "non_finite": "NaN or Inf samples",
+    "alignment_out_of_range": "an interval ends more than 10 ms past the audio end",
+    "alignment_overlap": "two intervals of one tier overlap",
+    "alignment_empty_label": "an interval without a label in a format that requires one",
+    "alignment_bad_interval": "an interval with end <= start or a negative start",
+    "missing_alignment": "audio without its alignment file in a format that has them",
+    "missing_audio": "an alignment or transcript without its audio",
+    "missing_id": "a row without a value in the id column(s)",
+    "duplicate_id": "an utterance id seen earlier in the same stream",
+    "model_error": "the model failed on this utterance",
+}

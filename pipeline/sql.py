@@ -1,0 +1,68 @@
+"""Python calls SQL in one way: load `sql/NAME.sql`, pass `$name` parameters, get Arrow back."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.warehouse import Warehouse
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def load_query(query: str) -> str:
+    """A file in `sql/` by name (`phone_counts`), a path to a .sql file, or literal SQL."""
+    candidates = [Path(query), SQL_DIR / query, SQL_DIR / f"{query}.sql"]
+    for path in candidates:
+        if path.suffix == ".sql" and path.is_file():
+            return path.read_text()
+    if re.fullmatch(r"[\w/.-]+", query.strip()):
+        known = ", ".join(sorted(p.stem for p in SQL_DIR.glob("*.sql")))
+        raise FileNotFoundError(f"no query named {query!r} in {SQL_DIR} (known: {known})")
+    return query
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`name=value` from the command line; integers and floats are converted."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--param expects name=value, got {text!r}")
+    for convert in (int, float):
+        try:
+            return name, convert(value)
+        except ValueError:
+            pass
+    return name, value
+
+
+def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the query uses; a missing one is an error naming it."""
+    wanted = set(PARAM.findall(_strip_comments(sql)))
+    missing = wanted - params.keys()
+    if missing:
+        raise ValueError(f"query needs parameter(s) {sorted(missing)}: pass --param NAME=VALUE")
+    return {k: params[k] for k in wanted}
+
+
+def _strip_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def query(warehouse: str | Path, sql: str, params: dict[str, Any] | None = None, con=None) -> pa.Table:
+    """Run a query (name, path or literal SQL) on the warehouse's views; returns an Arrow table."""
+    text = load_query(sql)
+    con = con or Warehouse(warehouse).connect()
+    return con.execute(text, bind(text, params or {})).to_arrow_table()
+
+
+def run_checks(warehouse: str | Path) -> dict[str, int]:
+    """Every `sql/checks/*.sql` must return zero rows on a healthy warehouse."""
+    con = Warehouse(warehouse).connect()
+    return {
+        path.stem: con.execute(path.read_text()).to_arrow_table().num_rows
+        for path in sorted((SQL_DIR / "checks").glob("*.sql"))
+    }
