@@ -56,13 +56,13 @@ def query(warehouse: str | Path, sql: str, params: dict[str, Any] | None = None,
     """Run a query (name, path or literal SQL) on the warehouse's views; returns an Arrow table."""
     text = load_query(sql)
     con = con or Warehouse(warehouse).connect()
-    return con.execute(text, bind(text, params or {})).to_arrow_table()
+    return con.sql(text, params=bind(text, params or {})).to_arrow_table()
 
 
 def run_checks(warehouse: str | Path) -> dict[str, int]:
     """Every `sql/checks/*.sql` must return zero rows on a healthy warehouse."""
     con = Warehouse(warehouse).connect()
     return {
-        path.stem: con.execute(path.read_text()).to_arrow_table().num_rows
+        path.stem: con.sql(path.read_text()).to_arrow_table().num_rows
         for path in sorted((SQL_DIR / "checks").glob("*.sql"))
     }

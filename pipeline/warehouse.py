@@ -116,8 +116,11 @@ class Warehouse:
             **info,
         }
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line from a crash: start on a fresh line
             os.write(fd, line)
             os.fsync(fd)
         finally:

@@ -1,0 +1,137 @@
+"""`python -m pipeline COMMAND`: a thin shell over the library; flags are the functions' parameters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+log = logging.getLogger("pipeline")
+
+EXAMPLES = {
+    "ingest": "python -m pipeline ingest --format timit --corpus /data/TIMIT --run timit",
+    "extract": "python -m pipeline extract --run demo            # embedded corpus, embedded model\n"
+    "  python -m pipeline extract --format hf --corpus timit_asr --id-column speaker_id,id "
+    "--model facebook/wav2vec2-base --run timit-base",
+    "sql": "python -m pipeline sql phone_counts --param run=demo --format csv",
+    "analyze": "python -m pipeline analyze --run demo --k 50",
+    "score": "python -m pipeline score frames.parquet --labels label_id --clusters kmeans_fine_pca",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warehouse", default="storage", help="warehouse root folder (default: storage)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every quarantined item")
+
+
+def _source_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", help="hub id, Parquet file/folder, or corpus folder (not for --format embedded)")
+    p.add_argument("--format", default="embedded", choices=["hf", "timit", "textgrid", "embedded"])
+    p.add_argument("--split", help="one split only (default: every split)")
+    p.add_argument("--id-column", default="id", help="hf: column(s) keying utterances; 'a,b' joins values with '/'")
+    p.add_argument("--limit", type=int, help="only the first N items of the stream")
+    p.add_argument("--run", required=True, help="name of the run (a folder-safe word)")
+    p.add_argument("--overwrite", action="store_true", help="drop the run's old files and facts first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command("ingest", "stream a corpus into the utterances, segments and quarantine tables")
+    _source_flags(p)
+    p.add_argument("--shard-size", type=int, default=64, help="utterances per shard (default 64)")
+    _common(p)
+
+    p = command("extract", "stream a corpus through a model into the frames table (every chosen layer)")
+    _source_flags(p)
+    p.add_argument("--model", default="default", help="hub id or local folder; 'default' = the embedded model")
+    p.add_argument("--layers", default="all", help="'all', or e.g. '-1,0,6-12' (-1 = CNN output, 0 = transformer input)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored vectors")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="compute precision (auto: float32 on CPU, bfloat16 autocast on CUDA)")
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--max-batch-samples", type=int, default=16_000 * 160)
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    _common(p)
+
+    p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
+    p.add_argument("query")
+    p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--max-rows", type=int, default=100, help="table format: rows shown")
+    _common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return {"ingest": _ingest, "extract": _extract, "sql": _sql}[args.command](args)
+
+
+def _log_config(name: str, config: dict) -> None:
+    print(f"{name}: " + json.dumps(config, sort_keys=True, default=str), file=sys.stderr)
+
+
+def _ingest(args) -> int:
+    from pipeline.ingest import ingest
+    from pipeline.sources import SourceSpec
+
+    spec = SourceSpec(args.format, args.corpus, args.split, args.id_column, args.limit)
+    _log_config("ingest", {**asdict(spec), "run": args.run, "warehouse": args.warehouse, "shard_size": args.shard_size})
+    counts = ingest(spec, args.run, args.warehouse, args.shard_size, args.overwrite)
+    print(
+        f"ingest {args.run}: {counts['utterances']} utterances, {counts['segments']} segments, "
+        f"{counts['quarantined']} quarantined, {counts['shards']} shards written "
+        f"({counts['skipped_shards']} already committed)"
+    )
+    return 0
+
+
+def _extract(args) -> int:
+    from pipeline.extract import ExtractConfig, extract
+
+    fields = ExtractConfig.__dataclass_fields__
+    cfg = ExtractConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    _log_config("extract", asdict(cfg))
+    counts = extract(cfg)
+    import os
+
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(counts.summary())
+    return 0
+
+
+def _sql(args) -> int:
+    from pipeline.sql import parse_param, query
+
+    params = dict(parse_param(p) for p in args.param)
+    table = query(args.warehouse, args.query, params)
+    if args.format == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif args.format == "json":
+        for row in table.to_pylist():
+            print(json.dumps(row, default=str))
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=160):
+            print(pl.from_arrow(table))
+    return 0
