@@ -1,0 +1,33 @@
+# Every target sets itself up: the first call creates .venv/ and installs the package into it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RUN    ?= demo
+WH     ?= storage
+
+.PHONY: install extract analyze report all test test-fast bench clean
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+extract: install  ## the main job: embedded corpus through the embedded model into $(WH)
+	$(PY) -m pipeline extract --run $(RUN) --warehouse $(WH)
+
+analyze: install
+	$(PY) -m pipeline analyze --run $(RUN) --warehouse $(WH)
+
+test: install  ## every test, slow ones included (what CI runs)
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install  ## writes bench/results.json, quoted in the README
+	$(PY) -m bench.run --out bench/results.json
+
+clean:
+	rm -rf $(WH)/*/ $(WH)/_* .pytest_cache
