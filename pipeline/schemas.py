@@ -69,6 +69,21 @@ TABLES = {
     "quarantine": QUARANTINE,
 }
 
+# Hive partition columns of each table beyond `run` (they live in the path, not in the file).
+PARTITIONS: dict[str, list[tuple[str, pa.DataType]]] = {"frames": [("layer", pa.int64())]}
+
+
+def empty_view_schema(table: str) -> pa.Schema | None:
+    """The columns a view shows before any file of `table` is committed."""
+    schema = TABLES.get(table) or (frames_schema(1, "float32") if table == "frames" else None)
+    if schema is None:
+        return None
+    if table == "frames":  # DuckDB reads fixed-size float16 lists as FLOAT[]
+        schema = schema.set(schema.get_field_index("vector"), pa.field("vector", pa.list_(pa.float32())))
+    for name, typ in [("run", pa.string()), *PARTITIONS.get(table, [])]:
+        schema = schema.append(pa.field(name, typ))
+    return schema
+
 # Reason codes of the quarantine table; anything else is a bug.
 REASONS = {
     "decode_error": "the bytes are not readable audio (corrupt, truncated, not audio)",

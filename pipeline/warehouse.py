@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.schemas import SCHEMA_VERSION, TABLES
+from pipeline.schemas import SCHEMA_VERSION, TABLES, empty_view_schema
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ZSTD_LEVEL = 3  # zstd gains ~7 % on float16 vectors; higher levels cost time for little more
@@ -223,7 +223,7 @@ class Warehouse:
         for rec in commits.values():
             for f in rec["files"]:
                 tables.setdefault(f["path"].split("/", 1)[0], set()).add(f["path"])
-        for name, schema in TABLES.items():
+        for name in [*TABLES, "frames"]:
             tables.setdefault(name, set())
         for name, files in sorted(tables.items()):
             if files:
@@ -233,9 +233,9 @@ class Warehouse:
                     "hive_partitioning = true, union_by_name = true)".replace("$paths", _sql_list(paths))
                 )
             else:
-                empty = TABLES[name].insert(0, pa.field("run", pa.string())).empty_table() if name in TABLES else None
-                if empty is not None:
-                    con.register(f"_empty_{name}", empty)
+                schema = empty_view_schema(name)
+                if schema is not None:
+                    con.register(f"_empty_{name}", schema.empty_table())
                     con.execute(f"create or replace view {name} as select * from _empty_{name}")
         facts = [{"run": r, "facts": json.dumps(self.read_facts(r), sort_keys=True)} for r in self.runs()]
         runs_table = pa.Table.from_pylist(facts, schema=pa.schema([("run", pa.string()), ("facts", pa.string())]))
