@@ -96,7 +96,8 @@ def frame_labels(segments, tier: str, centres_s: np.ndarray) -> list[str | None]
 
 
 def frames_tables(
-    prepared: list[Prepared], outputs: list[dict[int, np.ndarray]], layers: list[int], geometry: FrameGeometry, dtype: str
+    prepared: list[Prepared], outputs: list[dict[int, np.ndarray]], dims: dict[int, int], geometry: FrameGeometry,
+    dtype: str,
 ) -> dict[int, pa.Table]:
     """One table per layer, rows sorted by utterance and frame."""
     order = sorted(range(len(prepared)), key=lambda i: prepared[i].utterance.utterance_id)
@@ -119,8 +120,7 @@ def frames_tables(
     }
     np_dtype = np.float16 if dtype == "float16" else np.float32
     tables = {}
-    for layer in layers:
-        dim = outputs[order[0]][layer].shape[1] if order else 0
+    for layer, dim in dims.items():
         flat = np.concatenate([outputs[i][layer] for i in order]).astype(np_dtype, copy=False) if order else np.zeros((0, dim), np_dtype)
         vector = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim)
         tables[layer] = pa.Table.from_arrays([*columns.values(), vector], schema=schemas.frames_schema(dim, dtype))
@@ -209,7 +209,7 @@ class _Writer:
 
 def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None = None) -> Counts:
     """Extract every chosen layer of every frame of a corpus into the warehouse (this rank's share)."""
-    from pipeline.model import load_model, parse_layers, resolve_model
+    from pipeline.model import load_model, parse_layers
 
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
@@ -218,7 +218,10 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     device = cfg.device
     if device in ("auto", "cuda") and world_size > 1:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if _cuda() else "cpu"
-    loaded = load_model(resolve_model(cfg.model, cfg.warehouse), device=device, precision=cfg.precision)
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bfloat16" if str(device).startswith("cuda") or (device == "auto" and _cuda()) else "float32"
+    loaded = load_model(cfg.model, device=device, dtype=precision, cache_dir=wh.root / "_models")
     layers = parse_layers(cfg.layers, loaded.num_layers)
     spec = SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit)
     facts = {
@@ -238,6 +241,7 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     facts = wh.ensure_facts(cfg.run, facts)
     done = frozenset(shard for (_, _, shard) in wh.commits(cfg.run, "extract"))
     counts = Counts(skipped_shards=sum(1 for s in done if s % world_size == rank))
+    dims = {layer: loaded.layer_dim(layer) for layer in layers}
     writer = _Writer(wh, cfg.run, rank, fingerprint(facts))
     min_samples = loaded.geometry.receptive_field_samples
 
@@ -255,7 +259,7 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
         failed_set = set(failed)
         keep = [i for i in range(len(prepared)) if i not in failed_set]
         prepared, outputs = [prepared[i] for i in keep], [outputs[i] for i in keep]
-        tables = frames_tables(prepared, outputs, layers, loaded.geometry, cfg.dtype)
+        tables = frames_tables(prepared, outputs, dims, loaded.geometry, cfg.dtype)
         writer.put((shard, ids, prepared, bad, tables))
         counts.shards += 1
         counts.utterances += len(prepared)

@@ -60,6 +60,20 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def _maybe_kill(point: str) -> None:
+    """Fault injection for the crash tests: PIPELINE_KILL_AT=point:n SIGKILLs this process the
+    n-th time it reaches `point` (`after_rename`, `before_commit`)."""
+    spec = os.environ.get("PIPELINE_KILL_AT", "")
+    if not spec.startswith(point + ":"):
+        return
+    _KILL_COUNTS[point] = _KILL_COUNTS.get(point, 0) + 1
+    if _KILL_COUNTS[point] == int(spec.split(":")[1]):
+        os.kill(os.getpid(), 9)
+
+
+_KILL_COUNTS: dict[str, int] = {}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -101,6 +115,7 @@ class Warehouse:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        _maybe_kill("after_rename")
         return FileRecord(self._rel(final), data.num_rows, final.stat().st_size)
 
     def commit(self, run: str, stage: str, shard: int, files: Iterable[FileRecord], rank: int = 0, **info: Any) -> None:
@@ -116,6 +131,7 @@ class Warehouse:
             **info,
         }
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        _maybe_kill("before_commit")
         fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
