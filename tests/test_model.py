@@ -1,0 +1,428 @@
+"""Model loading and exact batched / chunked layer extraction on tiny random-weight checkpoints.
+
+Tolerances (float32, CPU, measured with transformers 5.24 / torch 2.13):
+- batched `extract` against one model call per waveform: max |diff| / max |ref| <= 1.5e-6 on
+  every layer of every family; asserted <= 1e-5.
+- a naive padded waveform batch with attention mask: ~1 on group-norm models and on
+  data2vec-audio (positional conv stack), ~1e-7 on layer-norm wav2vec2; asserted > 0.1 / < 1e-5.
+- chunking 12 s into 3 s windows with 1 s context: layers -1 and 0 <= 1e-6 (exact: whole-utterance
+  normalisation and GroupNorm statistics; context >= positional conv reach); transformer layers
+  3e-4 .. 6e-3 (group norm) / 3e-4 .. 1.4e-3 (layer norm), spread over all frames because random
+  attention is near uniform; asserted <= 2e-2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import model as M
+from pipeline.geometry import FrameGeometry
+
+RATE = 16_000
+GEOMETRY = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
+COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=12,
+              mask_time_prob=0.5, mask_time_length=2, num_conv_pos_embedding_groups=2, **GEOMETRY)
+BATCH_TOL = 1e-5
+CHUNK_TOL = 2e-2
+EXACT_LAYERS_CHUNK_TOL = 1e-5
+LENGTHS = [400, 401, 719, 720, 3200, 5000, 5000, 16_000, 12_345]
+
+
+def _config(family: str):
+    from transformers import Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig
+
+    group = dict(feat_extract_norm="group", do_stable_layer_norm=False, num_conv_pos_embeddings=16)
+    layer = dict(feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=16)
+    return {
+        "wav2vec2-group": lambda: Wav2Vec2Config(**group, **COMMON),
+        "wav2vec2-layer": lambda: Wav2Vec2Config(**layer, **COMMON),
+        "hubert-group": lambda: HubertConfig(**group, **COMMON),
+        "hubert-layer": lambda: HubertConfig(**layer, feat_proj_layer_norm=False, **COMMON),
+        "wavlm-group": lambda: WavLMConfig(**group, num_buckets=32, max_bucket_distance=64, **COMMON),
+        "data2vec-audio": lambda: Data2VecAudioConfig(num_conv_pos_embeddings=5, conv_pos_kernel_size=5, **COMMON),
+    }[family]()
+
+
+FAMILIES = ["wav2vec2-group", "wav2vec2-layer", "hubert-group", "hubert-layer", "wavlm-group", "data2vec-audio"]
+GROUP_NORM = [f for f in FAMILIES if f.endswith("-group")]
+
+
+def save_tiny(folder: Path, family: str, head: str = "AutoModel") -> Path:
+    """A random-weight checkpoint (seed 0) saved like any other: config.json + model.safetensors."""
+    import transformers
+
+    config = _config(family)
+    torch.manual_seed(0)
+    if head == "AutoModel":
+        model = transformers.AutoModel.from_config(config)
+    else:
+        model = getattr(transformers, head)(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """tiny(family) -> LoadedModel, built and loaded once per module."""
+    cache: dict[str, M.LoadedModel] = {}
+
+    def get(family: str) -> M.LoadedModel:
+        if family not in cache:
+            folder = save_tiny(tmp_path_factory.mktemp(family), family)
+            cache[family] = M.load_model(str(folder), device="cpu")
+        return cache[family]
+
+    return get
+
+
+def waves_of(lengths, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(n) * rng.uniform(0.01, 1.0)).astype(np.float32) for n in lengths]
+
+
+def speechlike(seconds: float, seed: int = 1) -> np.ndarray:
+    """A tone whose loudness jumps 4x halfway, plus noise: window statistics differ from the whole."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    loud = 1 + 3 * (t > seconds / 2)
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * loud + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+@torch.inference_mode()
+def one_at_a_time(lm: M.LoadedModel, wave: np.ndarray, prefix_model=None) -> dict[int, np.ndarray]:
+    """Reference: the model's own forward on one waveform, no padding, no mask."""
+    model = prefix_model if prefix_model is not None else lm.model
+    x = torch.from_numpy(M.normalize_waveform(wave) if lm.do_normalize else wave)[None]
+    out = model(x, output_hidden_states=True)
+    assert len(out.hidden_states) == lm.num_layers + 1
+    ref = {-1: model.feature_extractor(x)[0].T.numpy()}
+    ref.update({i: h[0].numpy() for i, h in enumerate(out.hidden_states)})
+    return ref
+
+
+# ---------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_model_facts(tiny, family):
+    lm = tiny(family)
+    assert lm.geometry == FrameGeometry(400, 320, RATE)
+    assert (lm.num_layers, lm.hidden_size, lm.conv_dim) == (2, 32, 16)
+    assert lm.valid_layers == [-1, 0, 1, 2]
+    assert not lm.model.training and not any(p.requires_grad for p in lm.model.parameters())
+    assert type(lm.model).__name__ in ("Wav2Vec2Model", "HubertModel", "WavLMModel", "Data2VecAudioModel")
+    # no preprocessor_config.json: fairseq convention, normalise for layer-norm conv stacks only
+    assert lm.do_normalize_source == "convention"
+    assert lm.do_normalize == (not family.endswith("-group"))
+    assert lm.revision.startswith("sha256:") and len(lm.config_fingerprint) == 64
+    assert lm.facts()["hop_samples"] == 320
+
+
+def test_fingerprints_are_stable_and_sensitive(tmp_path, tiny):
+    a = M.load_model(str(save_tiny(tmp_path / "a", "wav2vec2-group")), device="cpu")
+    b = tiny("wav2vec2-group")
+    assert a.config_fingerprint == b.config_fingerprint and a.revision == b.revision  # same seed, same bytes
+    assert tiny("wav2vec2-layer").config_fingerprint != b.config_fingerprint
+
+
+def test_do_normalize_comes_from_preprocessor_config(tmp_path):
+    from transformers import Wav2Vec2FeatureExtractor
+
+    folder = save_tiny(tmp_path / "m", "wav2vec2-group")
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(folder)
+    lm = M.load_model(str(folder), device="cpu")
+    assert (lm.do_normalize, lm.do_normalize_source) == (True, "preprocessor_config")
+
+
+def test_spec_augment_masking_is_off_in_eval(tiny):
+    lm = tiny("wav2vec2-group")
+    assert lm.config.mask_time_prob == 0.5 and not lm.model.training
+    h = torch.randn(2, 30, lm.hidden_size)
+    assert torch.equal(lm.model._mask_hidden_states(h.clone()), h)
+    x = torch.from_numpy(waves_of([8000])[0])[None]
+    with torch.inference_mode():
+        assert torch.equal(lm.model(x).last_hidden_state, lm.model(x).last_hidden_state)
+
+
+@pytest.mark.parametrize("family,head", [
+    ("wav2vec2-group", "Wav2Vec2ForCTC"), ("wav2vec2-layer", "Wav2Vec2ForPreTraining"),
+    ("hubert-group", "HubertForCTC"), ("wavlm-group", "WavLMForCTC"), ("data2vec-audio", "Data2VecAudioForCTC"),
+])
+def test_head_checkpoints_give_their_base_encoder(tmp_path, family, head):
+    import transformers
+
+    folder = save_tiny(tmp_path / "ckpt", family, head)
+    full = getattr(transformers, head).from_pretrained(folder).eval()
+    base = getattr(full, full.base_model_prefix)
+    lm = M.load_model(str(folder), device="cpu")
+    assert type(lm.model) is type(base)
+    waves = waves_of([4000, 6400])
+    for wave, got in zip(waves, M.extract(lm, waves, "all")):
+        ref = one_at_a_time(lm, wave, prefix_model=base)
+        for layer in lm.valid_layers:
+            assert rel_err(got[layer], ref[layer]) <= BATCH_TOL, (head, layer)
+
+
+def test_load_model_rejects_bad_arguments(tiny, tmp_path):
+    folder = save_tiny(tmp_path / "m", "wav2vec2-group")
+    with pytest.raises(ValueError, match="dtype"):
+        M.load_model(str(folder), device="cpu", dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            M.load_model(str(folder), device="cuda")
+
+
+# ---------------------------------------------------------------- layers
+
+
+def test_parse_layers():
+    assert M.parse_layers("all", 12) == list(range(-1, 13))
+    assert M.parse_layers("-1,0,12", 12) == [-1, 0, 12]
+    assert M.parse_layers("8-12", 12) == [8, 9, 10, 11, 12]
+    assert M.parse_layers("-1-2, 12", 12) == [-1, 0, 1, 2, 12]
+    assert M.parse_layers([3, "1", 3], 12) == [1, 3]
+    assert M.parse_layers(0, 4) == [0]
+    for bad in ("13", "-2", "3-13", "x", "", "5-3"):
+        with pytest.raises(ValueError, match=r"-1\.\.12|empty|no layers"):
+            M.parse_layers(bad, 12)
+
+
+# ---------------------------------------------------------------- exact batching
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_extract_equals_one_at_a_time(tiny, family):
+    lm = tiny(family)
+    waves = waves_of(LENGTHS)
+    got = M.extract(lm, waves, "all", max_batch_samples=40_000)  # several batches of mixed lengths
+    for wave, out in zip(waves, got):
+        ref = one_at_a_time(lm, wave)
+        assert set(out) == {-1, 0, 1, 2}
+        for layer, r in ref.items():
+            assert out[layer].shape == (lm.geometry.n_frames(len(wave)), lm.layer_dim(layer)) == r.shape
+            assert out[layer].dtype == np.float32
+            assert rel_err(_as_hidden_state(lm, layer, out[layer]), r) <= BATCH_TOL, (family, len(wave), layer)
+
+
+def _as_hidden_state(lm: M.LoadedModel, layer: int, got: np.ndarray) -> np.ndarray:
+    """transformers < 5 reported the last layer of do_stable_layer_norm models after the encoder's
+    final LayerNorm; 5.x (and extract, in every version) report the layer's own output."""
+    import transformers
+
+    stable = getattr(lm.config, "do_stable_layer_norm", False)
+    if layer == lm.num_layers and stable and int(transformers.__version__.split(".")[0]) < 5:
+        with torch.inference_mode():
+            return lm.model.encoder.layer_norm(torch.from_numpy(got)).numpy()
+    return got
+
+
+@pytest.mark.parametrize("family", GROUP_NORM + ["data2vec-audio"])
+def test_naive_padded_waveform_batch_is_not_exact(tiny, family):
+    """Why extract() exists: GroupNorm over time (and data2vec's positional conv stack) see the padding."""
+    lm = tiny(family)
+    errors = _naive_padded_errors(lm, waves_of(LENGTHS))
+    assert max(errors) > 0.1, errors
+
+
+def test_naive_padded_waveform_batch_is_exact_for_layer_norm_wav2vec2(tiny):
+    lm = tiny("wav2vec2-layer")
+    assert max(_naive_padded_errors(lm, waves_of(LENGTHS))) <= BATCH_TOL
+
+
+@torch.inference_mode()
+def _naive_padded_errors(lm: M.LoadedModel, waves: list[np.ndarray]) -> list[float]:
+    xs = [M.normalize_waveform(w) if lm.do_normalize else w for w in waves]
+    padded = np.zeros((len(xs), max(map(len, xs))), np.float32)
+    mask = np.zeros(padded.shape, np.int64)
+    for i, x in enumerate(xs):
+        padded[i, :len(x)], mask[i, :len(x)] = x, 1
+    out = lm.model(torch.from_numpy(padded), attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+    errors = []
+    for i, wave in enumerate(waves):
+        ref, n = one_at_a_time(lm, wave), lm.geometry.n_frames(len(wave))
+        errors += [rel_err(h[i, :n].numpy(), ref[layer]) for layer, h in enumerate(out.hidden_states)]
+    return errors
+
+
+def test_too_short_and_bad_waveforms(tiny):
+    lm = tiny("wav2vec2-group")
+    out = M.extract(lm, waves_of([400]), [-1, 2])
+    assert out[0][-1].shape == (1, 16) and out[0][2].shape == (1, 32)
+    with pytest.raises(ValueError, match="waveform 1: 399 samples"):
+        M.extract(lm, waves_of([400, 399]), "all")
+    with pytest.raises(ValueError, match="1-D mono"):
+        M.extract(lm, [np.zeros((800, 2), np.float32)], "all")
+    nan = waves_of([800])[0]
+    nan[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        M.extract(lm, [nan], "all")
+
+
+def test_layer_subset_equals_full_run(tiny):
+    lm = tiny("wavlm-group")
+    waves = waves_of([3000, 7000])
+    full = M.extract(lm, waves, "all")
+    for layers in ([-1], [0], [1], [-1, 2]):
+        part = M.extract(lm, waves, layers)
+        for f, p in zip(full, part):
+            assert sorted(p) == layers
+            for layer in layers:
+                np.testing.assert_array_equal(p[layer], f[layer])
+
+
+def test_last_layer_of_stable_layer_norm_models_is_before_final_norm(tiny):
+    """Layer N is the last transformer layer's own output, before the final LayerNorm of
+    do_stable_layer_norm encoders (as hidden_states[N] in transformers 5.x; 4.x reported it
+    after); last_hidden_state is after."""
+    lm = tiny("wav2vec2-layer")
+    wave = waves_of([6400])[0]
+    got = M.extract(lm, [wave], [lm.num_layers])[0][lm.num_layers]
+    x = torch.from_numpy(M.normalize_waveform(wave))[None]
+    with torch.inference_mode():
+        last = lm.model(x).last_hidden_state[0]
+        assert rel_err(lm.model.encoder.layer_norm(torch.from_numpy(got)).numpy(), last.numpy()) <= BATCH_TOL
+    assert rel_err(got, last.numpy()) > 0.1
+
+
+def test_normalize_waveform_matches_feature_extractor():
+    from transformers import Wav2Vec2FeatureExtractor
+
+    wave = waves_of([12_345])[0] * 3 + 0.5
+    ref = Wav2Vec2FeatureExtractor(do_normalize=True)(wave, sampling_rate=RATE).input_values[0]
+    np.testing.assert_allclose(M.normalize_waveform(wave), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_autocast_on_cpu(tiny):
+    lm = tiny("wav2vec2-group")
+    bf16 = dataclasses.replace(lm, dtype="bfloat16")
+    waves = waves_of([4000, 9000])
+    for a, b in zip(M.extract(bf16, waves, "all"), M.extract(lm, waves, "all")):
+        for layer in b:
+            assert a[layer].dtype == np.float32 and a[layer].shape == b[layer].shape
+            assert rel_err(a[layer], b[layer]) < 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_matches_cpu(tmp_path, dtype):
+    folder = str(save_tiny(tmp_path / "m", "wav2vec2-group"))
+    cpu, gpu = M.load_model(folder, device="cpu"), M.load_model(folder, device="cuda", dtype=dtype)
+    waves = waves_of(LENGTHS)
+    tol = 1e-4 if dtype == "float32" else 5e-2
+    for a, b in zip(M.extract(gpu, waves, "all"), M.extract(cpu, waves, "all")):
+        for layer in b:
+            assert rel_err(a[layer], b[layer]) < tol, (dtype, layer)
+
+
+# ---------------------------------------------------------------- batching and chunking helpers
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 5000), max_size=60), st.integers(1, 20_000), st.integers(1, 16))
+def test_length_buckets(lengths, max_samples, max_size):
+    batches = M.length_buckets(lengths, max_samples, max_size)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    order = [i for b in batches for i in b]
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)  # neighbours in length order
+    for b in batches:
+        assert len(b) <= max_size
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= max_samples
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(400, 3_000_000), st.sampled_from([None, 0.5, 3.0, 30.0]), st.sampled_from([0.0, 0.3, 1.0, 2.0]))
+def test_chunk_windows_tile_the_frames(n_samples, max_chunk_s, context_s):
+    geo = FrameGeometry(400, 320, RATE)
+    windows = M.chunk_windows(n_samples, geo, max_chunk_s, context_s)
+    kept = []
+    for w in windows:
+        assert w.start_sample % geo.hop_samples == 0 and w.start_sample // geo.hop_samples == w.first_frame
+        assert w.start_sample + w.n_samples <= n_samples
+        assert 0 <= w.keep_start < w.keep_stop <= geo.n_frames(w.n_samples)
+        kept += range(w.first_frame + w.keep_start, w.first_frame + w.keep_stop)
+        if max_chunk_s:
+            assert w.keep_stop - w.keep_start <= max_chunk_s * RATE / geo.hop_samples
+    assert kept == list(range(geo.n_frames(n_samples)))
+    assert len(windows) == 1 or n_samples > max_chunk_s * RATE
+
+
+@pytest.mark.parametrize("family", ["wav2vec2-group", "wav2vec2-layer", "data2vec-audio"])
+def test_chunked_extract_has_exact_rows_and_bounded_error(tiny, family):
+    lm = tiny(family)
+    wave = speechlike(12.0)
+    whole = M.extract(lm, [wave], "all", max_chunk_s=None)[0]
+    chunked = M.extract(lm, [wave], "all", max_chunk_s=3.0, context_s=1.0)[0]
+    assert len(M.chunk_windows(len(wave), lm.geometry, 3.0, 1.0)) == 4
+    for layer, ref in whole.items():
+        assert chunked[layer].shape == ref.shape == (lm.geometry.n_frames(len(wave)), lm.layer_dim(layer))
+        err = rel_err(chunked[layer], ref)
+        # -1: conv is local, normalisation and GroupNorm use whole-utterance statistics;
+        # 0: plus the positional conv, whose reach (8 frames here) is inside the 50-frame context
+        bound = EXACT_LAYERS_CHUNK_TOL if layer <= 0 else CHUNK_TOL
+        assert err <= bound, (family, layer, err)
+
+
+def test_whole_utterance_group_norm_statistics_merge_pieces_exactly(tiny, monkeypatch):
+    lm = tiny("wav2vec2-group")
+    wave = speechlike(5.3)
+    first = lm.model.feature_extractor.conv_layers[0]
+    with torch.inference_mode():
+        ref_var, ref_mean = torch.var_mean(first.conv(torch.from_numpy(wave)[None, None])[0], dim=-1, correction=0)
+    monkeypatch.setattr(M, "STATS_PIECE_SAMPLES", 7_777)  # 11 uneven pieces
+    mean, var = M._conv0_stats(lm, wave)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, ref_var, rtol=1e-5, atol=1e-6)
+    whole = M.extract(lm, [wave], [-1], max_chunk_s=None)[0][-1]
+    chunked = M.extract(lm, [wave], [-1], max_chunk_s=1.0, context_s=0.5)[0][-1]
+    assert rel_err(chunked, whole) <= EXACT_LAYERS_CHUNK_TOL
+
+
+def test_chunked_extract_in_a_mixed_batch(tiny):
+    """Windows of a long waveform batch with short waveforms; the short ones stay exact."""
+    lm = tiny("hubert-group")
+    waves = [speechlike(7.0)] + waves_of([5000, 16_000])
+    alone = [M.extract(lm, [w], "all", max_chunk_s=None)[0] for w in waves]
+    mixed = M.extract(lm, waves, "all", max_chunk_s=2.0, context_s=1.0)
+    for i, (a, m) in enumerate(zip(alone, mixed)):
+        for layer in a:
+            assert m[layer].shape == a[layer].shape
+            bound = BATCH_TOL if i > 0 or layer <= 0 else CHUNK_TOL
+            assert rel_err(m[layer], a[layer]) <= bound, (i, layer)
+
+
+# ---------------------------------------------------------------- default model
+
+
+def test_default_model_builds_deterministically_and_loads(tmp_path):
+    a = M.ensure_default_model(tmp_path / "a")
+    b = M.ensure_default_model(tmp_path / "b")
+    from safetensors.numpy import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert M.ensure_default_model(a) == a  # present: not rebuilt
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+    lm = M.load_model(str(a), device="cpu")
+    assert lm.geometry == FrameGeometry(400, 320, RATE)
+    assert (lm.num_layers, lm.hidden_size, lm.conv_dim, lm.config.feat_extract_norm) == (4, 256, 256, "group")
+    assert (lm.do_normalize, lm.do_normalize_source) == (True, "preprocessor_config")
+    out = M.extract(lm, waves_of([16_000]), "all")[0]
+    assert out[4].shape == (49, 256) and np.isfinite(out[4]).all()
+
+
+def test_default_model_by_name(tmp_path):
+    lm = M.load_model("default", device="cpu", cache_dir=tmp_path)
+    assert lm.model_id == "default"
+    assert M.default_model_path(tmp_path).exists() and lm.revision.startswith("sha256:")
