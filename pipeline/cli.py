@@ -65,6 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _common(p)
 
+    p = command("analyze", "per layer: k-means on a balanced sample, assign every frame, score against phone labels")
+    p.add_argument("--run", required=True)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--tier", default="phone", choices=["phone", "word"])
+    p.add_argument("--sample-per-label", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-iter", type=int, default=50)
+    p.add_argument("--no-silence", action="store_true", help="also score without silence labels (sil, h#, pau, …)")
+    _common(p)
+
+    p = command("score", "clustering metrics for any two columns of a Parquet file or warehouse view")
+    p.add_argument("table", help="a Parquet file (or glob) or the name of a warehouse view")
+    p.add_argument("--labels", required=True, help="column of reference labels")
+    p.add_argument("--clusters", required=True, help="column of cluster ids")
+    p.add_argument("--where", help="SQL condition selecting rows, e.g. \"label_id != 0\"")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    _common(p)
+
     p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
     p.add_argument("query")
     p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
@@ -81,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return {"ingest": _ingest, "extract": _extract, "sql": _sql}[args.command](args)
+    handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score}
+    return handlers[args.command](args)
 
 
 def _log_config(name: str, config: dict) -> None:
@@ -117,21 +137,50 @@ def _extract(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from pipeline.analyze import AnalyzeConfig, analyze
+
+    fields = AnalyzeConfig.__dataclass_fields__
+    cfg = AnalyzeConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    _log_config("analyze", asdict(cfg))
+    rows = analyze(cfg)
+    import pyarrow as pa
+
+    shown = ["layer", "ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette",
+             "ami_shuffled_sample", "kmeans_train_points"]
+    _print(pa.Table.from_pylist([{k: r[k] for k in shown} for r in rows]), "table")
+    return 0
+
+
+def _score(args) -> int:
+    from pipeline.score import score_table
+
+    rows = score_table(args.table, args.labels, args.clusters, args.where, args.warehouse)
+    import pyarrow as pa
+
+    _print(pa.Table.from_pylist(rows), args.format)
+    return 0
+
+
 def _sql(args) -> int:
     from pipeline.sql import parse_param, query
 
     params = dict(parse_param(p) for p in args.param)
-    table = query(args.warehouse, args.query, params)
-    if args.format == "csv":
+    _print(query(args.warehouse, args.query, params), args.format, args.max_rows)
+    return 0
+
+
+def _print(table, fmt: str, max_rows: int = 100) -> None:
+    if fmt == "csv":
         import pyarrow.csv as pacsv
 
         pacsv.write_csv(table, sys.stdout.buffer)
-    elif args.format == "json":
+    elif fmt == "json":
         for row in table.to_pylist():
             print(json.dumps(row, default=str))
     else:
         import polars as pl
 
-        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=160):
+        with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+                       float_precision=4):
             print(pl.from_arrow(table))
-    return 0

@@ -98,6 +98,9 @@ def load_model(id_or_path: str | os.PathLike, device: str = "auto", dtype: str =
     Never `trust_remote_code`.
     """
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the pipeline's own progress
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
