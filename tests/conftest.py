@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss, sklearn or torch load OpenMP
+
+import io  # noqa: E402
 from pathlib import Path
 
 import numpy as np
