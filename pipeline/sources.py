@@ -99,7 +99,11 @@ def iter_items(spec: SourceSpec) -> Iterator[SourceItem]:
 
 
 def _hf_items(path_or_id: str, split: str | None, id_column: str, corpus: str | None = None) -> Iterator[SourceItem]:
+    import logging
+
     import datasets
+
+    logging.getLogger("huggingface_hub.repocard").setLevel(logging.ERROR)  # a data folder's README is no card
 
     local = Path(path_or_id)
     if local.is_file():
