@@ -1,0 +1,842 @@
+"""`python -m bench.run --out bench/results.json`: what the pipeline costs beyond the model, and what FAISS buys.
+
+Each benchmark is a function registered in BENCHMARKS (`--only NAME` runs one, `--list` names them):
+
+  extract_default  pipeline.extract.extract end to end against the bare forward pass
+                   (pipeline.model.extract over the same length buckets, waveforms already in memory),
+                   embedded default model, every layer stored (as `make extract`)
+  extract_base     the same for wav2vec2-base geometry (768-d, 12 layers; random weights, seed 0)
+  memory           peak RSS of `python -m pipeline extract` on a corpus and on it ten times over
+  disk_bytes       bytes of the frames files per (frame x layer) against 2 D (float16 vectors)
+  kmeans           pipeline.kmeans.fit_kmeans (FAISS) against scikit-learn MiniBatchKMeans with
+                   fairseq's HuBERT settings, same data; pipeline.kmeans.assign throughput
+  (slot)           reductions: t-SNE / UMAP timings go in the section marked "reductions" below
+
+The machine is shared and noisy: the two sides of every ratio are measured in the same process,
+interleaved, `repeats` times, and the median of the per-repeat ratios is reported. Results go to
+--out as JSON with the machine facts; bench/README.md quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+RATE_HZ = 16_000
+# transformers/datasets: no network, no progress bars (also for the extraction subprocesses)
+QUIET_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+# wav2vec2-base (facebook/wav2vec2-base): conv 512 x 7, group norm, 768-d, 12 layers; ~95M parameters
+BASE_CONFIG = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                   conv_dim=[512] * 7, feat_extract_norm="group", do_stable_layer_norm=False)
+# fairseq examples/hubert/simple_kmeans/learn_kmeans.py, get_km_model()
+FAIRSEQ_MINIBATCH = dict(init="k-means++", max_iter=100, batch_size=10000, tol=0.0, max_no_improvement=100,
+                         n_init=20, reassignment_ratio=0.0, compute_labels=False, verbose=0)
+
+
+@dataclass(frozen=True)
+class ExtractCase:
+    model: str  # "default" (embedded) or "base"
+    utterances: int  # from the corpus (embedded: ~2.1 s each)
+    shard_size: int
+    layers: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one bench mode. Full: ~8 min on 2 busy cores; quick: ~2 min."""
+
+    repeats: int
+    extract: dict[str, ExtractCase]
+    memory_utterances: int  # the small corpus; the large one is it ten times over
+    memory_shard_size: int
+    kmeans_points: int
+    kmeans_dim: int
+    kmeans_k: int
+    faiss_iters: tuple[int, ...]  # fit_kmeans n_iter settings timed (n_init = 1); 100 is its default
+    assign_points: int
+    disk_utterances: int  # one shard at the pipeline's default shard size (64)
+
+
+PLANS = {
+    # sklearn with fairseq's settings is ~40 % of the full run: n_init = 20 k-means++ seedings of
+    # 30,000 points took 225 s on 2 busy cores (FAISS: 10-60 s, same data, depending on the load)
+    "full": Plan(
+        repeats=3,
+        extract={"extract_default": ExtractCase("default", 40, 10, "all"),  # ~85 s of audio, 4 shards
+                 "extract_base": ExtractCase("base", 9, 3, "all")},  # ~19 s of audio, 3 shards
+        memory_utterances=6, memory_shard_size=2,  # 3 shards (~13 s); x10: 30 shards (~130 s)
+        kmeans_points=50_000, kmeans_dim=768, kmeans_k=100, faiss_iters=(100,), assign_points=200_000,
+        disk_utterances=64),
+    "quick": Plan(
+        repeats=3,
+        extract={"extract_default": ExtractCase("default", 8, 4, "all"),
+                 "extract_base": ExtractCase("base", 3, 1, "all")},
+        memory_utterances=3, memory_shard_size=1,
+        kmeans_points=4_000, kmeans_dim=768, kmeans_k=100, faiss_iters=(100,), assign_points=50_000,
+        disk_utterances=16),
+}
+
+
+@dataclass
+class Context:
+    plan: Plan
+    mode: str
+    tmp: Path  # scratch: corpora, warehouses, the base model
+    corpus_kind: str  # "embedded" or "synthetic"
+
+    @property
+    def warehouse(self) -> Path:
+        """One warehouse for every benchmark (one run name each): the default model is built once."""
+        return self.tmp / "wh"
+
+    def corpus(self, n_utterances: int, times: int = 1) -> tuple[Path, float]:
+        """A Hub-style Parquet corpus of `n_utterances`, repeated `times` over (new ids); (path, audio s)."""
+        path = self.tmp / f"corpus-{self.corpus_kind}-{n_utterances}x{times}.parquet"
+        if not path.exists():
+            rows = embedded_rows(n_utterances) if self.corpus_kind == "embedded" else synthetic_rows(n_utterances)
+            table = tile(rows, times)
+            pq.write_table(table, path)
+        return path, corpus_audio_s(path)
+
+    def model_source(self, model: str) -> str:
+        if model == "default":
+            return "default"
+        folder = self.tmp / "wav2vec2-base-random"
+        if not (folder / "model.safetensors").exists():
+            build_base_model(folder)
+        return str(folder)
+
+
+BENCHMARKS: dict[str, Callable[[Context], dict]] = {}
+
+
+def benchmark(name: str):
+    """Register `fn(ctx) -> result dict` under `name`: keys `summary` (lines), `checks`, and data."""
+    def register(fn):
+        BENCHMARKS[name] = fn
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[float, float, Any]:
+    """(wall s, process CPU s over all threads, result)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def check(what: str, value: float, op: str, target: float) -> dict:
+    met = value >= target if op == ">=" else value <= target
+    return {"what": what, "value": round(float(value), 4), "target": f"{op} {target}", "met": bool(met)}
+
+
+def check_line(c: dict) -> str:
+    return f"  {'MET    ' if c['met'] else 'NOT MET'} {c['what']}: {c['value']:g} (target {c['target']})"
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def embedded_rows(n: int) -> pa.Table:
+    """The first `n` rows of the embedded corpus (train split first), cycled when n is larger."""
+    from pipeline.sources import EMBEDDED_DATA
+
+    files = sorted(EMBEDDED_DATA.glob("*.parquet"), key=lambda p: (not p.name.startswith("train"), p.name))
+    table = pa.concat_tables([pq.read_table(f).replace_schema_metadata(None) for f in files])
+    return tile(table, -(-n // table.num_rows)).slice(0, n)
+
+
+def tile(table: pa.Table, times: int) -> pa.Table:
+    """`table` repeated `times` over; copy c > 0 gets ids `<id>~c<c>` (the stream must not repeat ids)."""
+    if times == 1:
+        return table
+    copies = []
+    for c in range(times):
+        ids = table["id"] if c == 0 else pa.array([f"{i}~c{c}" for i in table["id"].to_pylist()])
+        copies.append(table.set_column(table.schema.get_field_index("id"), "id", ids))
+    return pa.concat_tables(copies)
+
+
+def corpus_audio_s(path: Path) -> float:
+    import soundfile as sf
+
+    audio = pq.read_table(path, columns=["audio"])["audio"].to_pylist()
+    return sum(sf.info(io.BytesIO(a["bytes"])).duration for a in audio)
+
+
+# label: (kind, formant or noise band centres Hz). A small, TIMIT-like inventory.
+SYNTH_PHONES = {"aa": ("vowel", (730, 1090, 2440)), "iy": ("vowel", (270, 2290, 3010)),
+                "uw": ("vowel", (300, 870, 2240)), "eh": ("vowel", (530, 1840, 2480)),
+                "ah": ("vowel", (520, 1190, 2390)), "m": ("nasal", (250, 1000, 2200)),
+                "n": ("nasal", (250, 1500, 2500)), "s": ("fricative", (5500,)), "sh": ("fricative", (3000,)),
+                "f": ("fricative", (4000,)), "t": ("stop", (4000,)), "k": ("stop", (2000,))}
+
+
+def synthetic_rows(n: int, seed: int = 0) -> pa.Table:
+    """Speech-like utterances of 2-6 s: harmonic vowels and nasals with formants and a pitch
+    contour, band-noise fricatives, stop bursts, pauses; exact phone and word intervals in samples."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        speaker = i % 8
+        wave, phones, words = _synthetic_utterance(rng, rng.uniform(2.0, 6.0), 90 + 15 * speaker)
+        rows.append({
+            "id": f"synth{speaker}/{i:05d}", "audio": {"bytes": _flac(wave), "path": f"{i:05d}.flac"},
+            "text": " ".join(w[2] for w in words), "speaker_id": f"synth{speaker}",
+            "phonetic_detail": {k: list(v) for k, v in zip(("start", "stop", "utterance"), zip(*phones))},
+            "word_detail": {k: list(v) for k, v in zip(("start", "stop", "utterance"), zip(*words))},
+        })
+    return pa.Table.from_pylist(rows)
+
+
+def _synthetic_utterance(rng, duration_s: float, f0_hz: float):
+    labels = list(SYNTH_PHONES)
+    pieces, phones, words = [_silence(rng, int(0.15 * RATE_HZ))], [], []
+    phones.append((0, len(pieces[0]), "sil"))
+    pos = len(pieces[0])
+    while pos < (duration_s - 0.2) * RATE_HZ:
+        start = pos
+        for _ in range(rng.integers(2, 6)):
+            label = labels[rng.integers(len(labels))]
+            n = int(rng.uniform(0.05, 0.18) * RATE_HZ)
+            pieces.append(_phone(rng, label, n, f0_hz * rng.uniform(0.85, 1.2)))
+            phones.append((pos, pos + n, label))
+            pos += n
+        words.append((start, pos, f"w{rng.integers(500)}"))
+        if rng.random() < 0.3:
+            n = int(rng.uniform(0.05, 0.2) * RATE_HZ)
+            pieces.append(_silence(rng, n))
+            phones.append((pos, pos + n, "sil"))
+            pos += n
+    pieces.append(_silence(rng, int(0.15 * RATE_HZ)))
+    phones.append((pos, pos + len(pieces[-1]), "sil"))
+    wave = np.concatenate(pieces)
+    return (0.5 * wave / np.abs(wave).max()).astype(np.float32), phones, words
+
+
+def _phone(rng, label: str, n: int, f0_hz: float) -> np.ndarray:
+    from scipy.signal import butter, sosfilt
+
+    kind, bands = SYNTH_PHONES[label]
+    t = np.arange(n) / RATE_HZ
+    ramp = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.005 * RATE_HZ))
+    if kind in ("vowel", "nasal"):
+        phase = 2 * np.pi * np.cumsum(f0_hz * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / RATE_HZ
+        harmonics = np.arange(1, int(4000 // f0_hz) + 1)
+        gain = sum(np.exp(-((harmonics * f0_hz - f) / 120.0) ** 2) for f in bands) + 0.02
+        wave = (gain[:, None] * np.sin(harmonics[:, None] * phase[None, :])).sum(0)
+        wave *= 0.4 if kind == "nasal" else 1.0
+    else:
+        sos = butter(2, [bands[0] * 0.7, min(bands[0] * 1.3, 7900)], btype="band", fs=RATE_HZ, output="sos")
+        wave = sosfilt(sos, rng.standard_normal(n)) * 3.0
+        if kind == "stop":  # closure, then a 15 ms burst
+            wave[: max(0, n - int(0.015 * RATE_HZ))] = 0.0
+    return wave * ramp + 0.003 * rng.standard_normal(n)
+
+
+def _silence(rng, n: int) -> np.ndarray:
+    return 0.003 * rng.standard_normal(n)
+
+
+def _flac(wave: np.ndarray) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, RATE_HZ, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- models
+
+
+def build_base_model(folder: Path) -> None:
+    """wav2vec2-base geometry with random weights (torch seed 0), saved like a hub checkpoint."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Wav2Vec2Model(Wav2Vec2Config(**BASE_CONFIG))
+    model.save_pretrained(tmp, safe_serialization=True)
+    # facebook/wav2vec2-base's preprocessor_config: normalised input
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(tmp)
+    os.replace(tmp, folder)
+
+
+def compute_settings() -> tuple[str, str]:
+    """(device, precision) as extract() resolves "auto": bfloat16 autocast on CUDA, float32 on CPU."""
+    import torch
+
+    return ("auto", "bfloat16") if torch.cuda.is_available() else ("auto", "float32")
+
+
+# ---------------------------------------------------------------- extraction overhead
+
+
+def _extract_config(ctx: Context, name: str, case: ExtractCase):
+    from pipeline.extract import ExtractConfig
+
+    corpus, _ = ctx.corpus(case.utterances)
+    return ExtractConfig(run=name, model=ctx.model_source(case.model), format="hf", corpus=str(corpus),
+                         layers=case.layers, warehouse=str(ctx.warehouse), shard_size=case.shard_size,
+                         overwrite=True, progress=False)
+
+
+def _decode_shards(cfg) -> list[tuple[int, list[str], list, list]]:
+    """What the pipeline's decoder thread does: this corpus's shards, read and prepared."""
+    from pipeline.ingest import iter_shards, prepare_shard
+    from pipeline.sources import SourceSpec
+
+    spec = SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit)
+    return [(shard, [it.utterance_id for it in items], *prepare_shard(items, "extract"))
+            for shard, items in iter_shards(spec, cfg.shard_size)]
+
+
+def _bare_forward(loaded, shards, layers: list[int], cfg) -> list[list[dict]]:
+    """pipeline.model.extract over the buckets run_model forms: per shard, length_buckets(...)."""
+    from pipeline.model import extract as forward, length_buckets
+
+    out = []
+    for _, _, prepared, _ in shards:
+        outputs: list = [None] * len(prepared)
+        for bucket in length_buckets([len(p.wave) for p in prepared], cfg.max_batch_samples, cfg.max_batch_size):
+            for i, r in zip(bucket, forward(loaded, [prepared[i].wave for i in bucket], layers)):
+                outputs[i] = r
+        out.append(outputs)
+    return out
+
+
+def _write_shards(wh_root: Path, shards, tables_per_shard) -> None:
+    """What the pipeline's writer thread does: corpus tables, one frames file per layer, a commit."""
+    from pipeline.ingest import write_corpus_tables
+    from pipeline.warehouse import Warehouse, fingerprint
+
+    wh = Warehouse(wh_root)
+    for (shard, ids, prepared, bad), tables in zip(shards, tables_per_shard):
+        files = write_corpus_tables(wh, "scratch", shard, prepared, bad)
+        files += [wh.write("frames", t, "scratch", shard, layer=layer) for layer, t in tables.items()]
+        wh.commit("scratch", "extract", shard, files, items=len(ids), ids_sha256=fingerprint(ids))
+
+
+def _one_repeat(ctx: Context, cfg, scratch: Path) -> dict:
+    """Serial components on the same data, then the pipeline end to end."""
+    from pipeline.extract import extract, frames_tables
+    from pipeline.model import load_model, parse_layers
+
+    device, precision = compute_settings()
+    t_load, _, loaded = timed(load_model, cfg.model, device=device, dtype=precision,
+                              cache_dir=Path(cfg.warehouse) / "_models")
+    layers = parse_layers(cfg.layers, loaded.num_layers)
+    dims = {layer: loaded.layer_dim(layer) for layer in layers}
+    t_decode, _, shards = timed(_decode_shards, cfg)
+    audio_s = sum(p.utterance.duration_s for _, _, prepared, _ in shards for p in prepared)
+    t_model, cpu_model, outputs = timed(_bare_forward, loaded, shards, layers, cfg)
+    t_tables, _, tables = timed(lambda: [frames_tables(prep, outs, dims, loaded.geometry, cfg.dtype)
+                                         for (_, _, prep, _), outs in zip(shards, outputs)])
+    t_write, _, _ = timed(_write_shards, scratch, shards, tables)
+    del loaded, outputs, tables, shards
+    t_pipe, cpu_pipe, counts = timed(extract, cfg)
+    if abs(counts.audio_s - audio_s) > 1e-6:
+        raise RuntimeError(f"pipeline saw {counts.audio_s} s of audio, the bare pass {audio_s} s")
+    return {"audio_s": audio_s, "bare_forward_s": t_model, "pipeline_s": t_pipe,
+            "ratio": t_model / t_pipe, "ratio_without_load": t_model / (t_pipe - t_load),
+            "pipeline_model_s": counts.model_s, "load_model_s": t_load, "read_decode_s": t_decode,
+            "frames_tables_s": t_tables, "write_commit_s": t_write,
+            "cores_used_bare": cpu_model / t_model, "cores_used_pipeline": cpu_pipe / t_pipe,
+            "frames_x_layers": counts.frames, "shards": counts.shards}
+
+
+def _extract_benchmark(ctx: Context, name: str) -> dict:
+    from pipeline.extract import extract
+
+    case = ctx.plan.extract[name]
+    cfg = _extract_config(ctx, name, case)
+    # warm-up: builds the default model into the warehouse's _models, first calls of torch and datasets
+    extract(dataclasses.replace(cfg, run=f"warmup_{name}", limit=case.shard_size))
+    hash_s = _weights_hash_s(ctx, case.model)
+    reps = [_one_repeat(ctx, cfg, ctx.tmp / "wh_scratch") for _ in range(ctx.plan.repeats)]
+    med = {k: median(r[k] for r in reps) for k in reps[0]}
+    audio_s = reps[0]["audio_s"]
+    shares = {k: med[k] / med["pipeline_s"] for k in
+              ("load_model_s", "read_decode_s", "pipeline_model_s", "frames_tables_s", "write_commit_s")}
+    ratio = med["ratio"]
+    result = {
+        "model": case.model, "layers": case.layers, "utterances": case.utterances, "shard_size": case.shard_size,
+        "audio_s": round(audio_s, 2), "repeats": reps,
+        "bare_forward_audio_s_per_s": audio_s / med["bare_forward_s"],
+        "pipeline_audio_s_per_s": audio_s / med["pipeline_s"],
+        "ratio_median_of_repeats": ratio, "ratio_of_medians": med["bare_forward_s"] / med["pipeline_s"],
+        "ratio_without_model_load": med["ratio_without_load"],
+        "share_of_pipeline_wall": shares,
+        "model_slowdown_inside_pipeline": med["pipeline_model_s"] / med["bare_forward_s"],
+        "load_model_weights_sha256_s": hash_s,
+        "checks": [check("pipeline / bare forward throughput", ratio, ">=", 0.9)],
+    }
+    result["summary"] = [
+        f"{case.model} model, layers {case.layers}, {case.utterances} utterances ({audio_s:.1f} s audio), "
+        f"shard size {case.shard_size}, {ctx.plan.repeats} repeats (medians)",
+        f"  bare forward {result['bare_forward_audio_s_per_s']:.2f} audio s/s "
+        f"({med['cores_used_bare']:.2f} cores busy); pipeline {result['pipeline_audio_s_per_s']:.2f} audio s/s "
+        f"({med['cores_used_pipeline']:.2f} cores busy)",
+        f"  ratio {ratio:.3f} (without model load {med['ratio_without_load']:.3f}); model time inside the "
+        f"pipeline {result['model_slowdown_inside_pipeline']:.2f}x the bare pass",
+        "  share of pipeline wall (serial timings): " + ", ".join(f"{k[:-2]} {v:.1%}" for k, v in shares.items()),
+        f"  load_model {med['load_model_s']:.2f} s, of which hashing the weight files {hash_s:.2f} s",
+        *map(check_line, result["checks"]),
+    ]
+    return result
+
+
+def _weights_hash_s(ctx: Context, model: str) -> float:
+    """Seconds load_model spends on folder_fingerprint (sha256 of the weight files) for `model`."""
+    from pipeline.model import default_model_path, folder_fingerprint
+
+    source = ctx.model_source(model)
+    folder = default_model_path(ctx.warehouse / "_models") if source == "default" else Path(source)
+    return median(timed(folder_fingerprint, folder)[0] for _ in range(3))
+
+
+@benchmark("extract_default")
+def extract_default(ctx: Context) -> dict:
+    return _extract_benchmark(ctx, "extract_default")
+
+
+@benchmark("extract_base")
+def extract_base(ctx: Context) -> dict:
+    return _extract_benchmark(ctx, "extract_base")
+
+
+# ---------------------------------------------------------------- peak memory
+
+
+# Runs `python -m pipeline ...` and, at its exit, prints the high-water RSS of its own address space.
+# Not ru_maxrss: a child forked from this (large) process inherits the parent's peak in ru_maxrss
+# (Linux records the pre-exec address space's high-water mark), so wait4 / RUSAGE_CHILDREN reported
+# this process's ~3 GB for every extraction subprocess.
+PEAK_WRAPPER = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    sys.stderr.write(f"BENCH_VMHWM_KB {kb}\\n")
+atexit.register(report)
+sys.argv[0] = "pipeline"
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def _peak_rss(args: list[str], log: Path) -> dict:
+    """Peak RSS of `python -m pipeline ARGS` (VmHWM at exit), and the highest RSS polled from /proc
+    in the first and in the second half of its run (a leak shows as a higher second half)."""
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    samples: list[tuple[float, int]] = []
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
+        while proc.poll() is None:
+            samples.append((time.perf_counter() - started, _rss_kb(proc.pid)))
+            time.sleep(0.1)
+    wall = time.perf_counter() - started
+    text = log.read_text(errors="replace")
+    if proc.returncode:
+        raise RuntimeError(f"python -m pipeline {' '.join(args)} exited {proc.returncode}; see {log}:\n{text[-2000:]}")
+    peak_kb = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("BENCH_VMHWM_KB"))
+    halves = [max([kb for t, kb in samples if (t < wall / 2) == first] or [0]) / 1024 for first in (True, False)]
+    return {"peak_rss_mb": peak_kb / 1024, "wall_s": wall,
+            "polled_max_rss_mb_first_half": halves[0], "polled_max_rss_mb_second_half": halves[1]}
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
+
+
+@benchmark("memory")
+def memory(ctx: Context) -> dict:
+    from pipeline.model import default_model_path, ensure_default_model
+
+    plan = ctx.plan
+    wh = ctx.warehouse
+    ensure_default_model(default_model_path(wh / "_models"))  # built once, outside the measured runs
+    small, small_s = ctx.corpus(plan.memory_utterances)
+    large, large_s = ctx.corpus(plan.memory_utterances, times=10)
+    cmd = ["extract", "--format", "hf", "--warehouse", str(wh), "--no-progress",
+           "--shard-size", str(plan.memory_shard_size), "--overwrite"]
+    runs = {"startup (--limit 0)": (small, 0.0, ["--limit", "0"]), "1x": (small, small_s, []),
+            "10x": (large, large_s, [])}
+    out = {}
+    for label, (corpus, audio_s, extra) in runs.items():
+        run = "mem_" + label.split()[0]
+        out[label] = {"audio_s": round(audio_s, 2),
+                      **_peak_rss([*cmd, "--corpus", str(corpus), "--run", run, *extra], ctx.tmp / f"{run}.log")}
+    p0, p1, p10 = (out[k]["peak_rss_mb"] for k in runs)
+    ratio = p10 / p1
+    growth = (p10 - p0) / (p1 - p0) if p1 > p0 else float("nan")
+    result = {"model": "default", "layers": "all", "shard_size": plan.memory_shard_size,
+              "utterances_1x": plan.memory_utterances, "runs": out, "ratio_10x_to_1x": ratio,
+              "ratio_above_startup": growth,
+              "checks": [check("peak RSS 10x / 1x", ratio, "<=", 1.1)]}
+    result["summary"] = [
+        f"python -m pipeline extract, default model, all layers, shard size {plan.memory_shard_size}",
+        *(f"  {k:20s} {v['audio_s']:7.1f} s audio  peak RSS {v['peak_rss_mb']:7.1f} MB  "
+          f"(polled max: first half {v['polled_max_rss_mb_first_half']:.0f} MB, second half "
+          f"{v['polled_max_rss_mb_second_half']:.0f} MB)  {v['wall_s']:.1f} s" for k, v in out.items()),
+        f"  10x / 1x = {ratio:.3f}; above the startup peak: {growth:.2f}x",
+        *map(check_line, result["checks"]),
+    ]
+    return result
+
+
+# ---------------------------------------------------------------- bytes on disk
+
+
+DISK_LAYERS = {"default": "all", "base": "-1,0,1"}  # base: the forward pass stops after layer 1
+
+
+@benchmark("disk_bytes")
+def disk_bytes(ctx: Context) -> dict:
+    """Frames files of one pipeline run per model at the default shard size (one file per layer)."""
+    from pipeline.extract import ExtractConfig, extract
+
+    corpus, _ = ctx.corpus(ctx.plan.disk_utterances)
+    result: dict[str, Any] = {"utterances": ctx.plan.disk_utterances, "checks": [], "summary": []}
+    for model, layers in DISK_LAYERS.items():
+        cfg = ExtractConfig(run=f"disk_{model}", model=ctx.model_source(model), format="hf", corpus=str(corpus),
+                            layers=layers, warehouse=str(ctx.warehouse), overwrite=True, progress=False)
+        extract(cfg)
+        run_dir = ctx.warehouse / "frames" / f"run={cfg.run}"
+        r = {"layers_stored": layers, "shard_size": cfg.shard_size, **_frames_bytes(run_dir),
+             "vector_dictionary_off": _dictionary_off(sorted(run_dir.glob("layer=*/part-*.parquet"))[-1])}
+        result[model] = r
+        result["checks"].append(check(f"{model}: bytes / (frames x layers x 2 D)", r["ratio_to_float16"], "<=", 1.05))
+        other = sum(v for k, v in r["column_bytes_per_frame_layer"].items() if k != "vector")
+        result["summary"].append(
+            f"{model} (layers {layers}, shard size {cfg.shard_size}): {r['frames']} frames x {r['layers']} layers "
+            f"in {r['files']} files, {r['bytes'] / 1e6:.2f} MB; {r['bytes_per_frame_layer']:.1f} B per frame and "
+            f"layer against 2 D = {r['float16_bytes']:.1f} (ratio {r['ratio_to_float16']:.3f}): vector column "
+            f"{r['column_bytes_per_frame_layer']['vector']:.1f} B, other columns {other:.1f} B, "
+            f"footers {r['footer_bytes_per_frame_layer']:.2f} B")
+        off = r["vector_dictionary_off"]
+        result["summary"].append(
+            f"  same file rewritten without dictionary encoding of `vector`: {off['bytes_ratio']:.3f}x the bytes, "
+            f"{off['write_time_ratio']:.2f}x the write time")
+    result["summary"] += [check_line(c) for c in result["checks"]]
+    return result
+
+
+def _dictionary_off(path: Path) -> dict:
+    """Warehouse.write's Parquet settings on one frames file, as written and with the dictionary
+    encoding of `vector` off (pyarrow dictionary-encodes every column by default)."""
+    from pipeline.warehouse import ZSTD_LEVEL
+
+    table = pq.read_table(path)
+    kwargs = dict(compression="zstd", compression_level=ZSTD_LEVEL, row_group_size=64 * 1024, write_statistics=True)
+    sizes, walls = {}, {}
+    for label, extra in (("dict", {}), ("nodict", {"use_dictionary": [c for c in table.column_names if c != "vector"]})):
+        for _ in range(3):
+            buf = io.BytesIO()
+            walls.setdefault(label, []).append(timed(pq.write_table, table, buf, **kwargs, **extra)[0])
+            sizes[label] = buf.tell()
+    return {"file": path.parent.name + "/" + path.name, "rows": table.num_rows,
+            "bytes_ratio": sizes["nodict"] / sizes["dict"],
+            "write_time_ratio": median(walls["nodict"]) / median(walls["dict"])}
+
+
+def _frames_bytes(run_dir: Path) -> dict:
+    files = sorted(run_dir.glob("layer=*/part-*.parquet"))
+    total = rows_total = float16 = footer = 0
+    columns: dict[str, int] = {}
+    per_layer = {}
+    for f in files:
+        md = pq.read_metadata(f)
+        dim = pq.read_schema(f).field("vector").type.list_size
+        size = f.stat().st_size
+        chunks = 0
+        for g in range(md.num_row_groups):
+            for c in range(md.num_columns):
+                col = md.row_group(g).column(c)
+                top = col.path_in_schema.split(".")[0]
+                columns[top] = columns.get(top, 0) + col.total_compressed_size
+                chunks += col.total_compressed_size
+        total, rows_total, float16, footer = total + size, rows_total + md.num_rows, float16 + 2 * dim * md.num_rows, \
+            footer + size - chunks
+        layer = f.parent.name.split("=")[1]
+        d = per_layer.setdefault(layer, {"dim": dim, "rows": 0, "bytes": 0})
+        d["rows"] += md.num_rows
+        d["bytes"] += size
+    for d in per_layer.values():
+        d["ratio_to_float16"] = d["bytes"] / (2 * d["dim"] * d["rows"])
+    frames = rows_total // len(per_layer)
+    return {"files": len(files), "layers": len(per_layer), "frames": frames, "bytes": total,
+            "bytes_per_frame_layer": total / rows_total, "float16_bytes": float16 / rows_total,
+            "ratio_to_float16": total / float16,
+            "column_bytes_per_frame_layer": {k: v / rows_total for k, v in sorted(columns.items())},
+            "footer_bytes_per_frame_layer": footer / rows_total, "per_layer": per_layer}
+
+
+# ---------------------------------------------------------------- k-means
+
+
+def mixture(n: int, d: int, seed: int = 0, components: int = 400, rank: int = 64) -> np.ndarray:
+    """Frame-like vectors: a Gaussian mixture of `components` uneven clusters (Zipf-like weights, like
+    phone frequencies; per-cluster spread) in a `rank`-dim subspace, plus isotropic noise in all d."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, components + 1) ** 0.8
+    labels = rng.choice(components, size=n, p=weights / weights.sum())
+    centres = rng.standard_normal((components, rank), dtype=np.float32) * 2.0
+    spread = rng.uniform(0.5, 1.5, components).astype(np.float32)
+    z = centres[labels] + spread[labels, None] * rng.standard_normal((n, rank), dtype=np.float32)
+    basis = np.linalg.qr(rng.standard_normal((d, rank)))[0].T.astype(np.float32)
+    x = z @ basis
+    x += 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+    return x
+
+
+@benchmark("kmeans")
+def kmeans(ctx: Context) -> dict:
+    from pipeline import kmeans as km  # first: it fixes OMP_WAIT_POLICY for FAISS's and sklearn's libgomp
+    from sklearn.cluster import MiniBatchKMeans
+
+    plan = ctx.plan
+    n, d, k = plan.kmeans_points, plan.kmeans_dim, plan.kmeans_k
+    x = mixture(n, d)
+    threads = km.set_threads(None)
+
+    def inertia(centroids) -> float:
+        return float(km.assign(x, centroids)[1].sum(dtype=np.float64))
+
+    def faiss_fits(repeats: int) -> dict[int, list]:
+        return {it: [timed(km.fit_kmeans, x, k, seed=0, n_iter=it, n_init=1) for _ in range(repeats)]
+                for it in plan.faiss_iters}
+
+    # sklearn runs once (minutes); FAISS's repeats go around it, so both see the same neighbours' load
+    before = faiss_fits((plan.repeats + 1) // 2)
+    sk_s, sk_cpu, sk = timed(lambda: MiniBatchKMeans(n_clusters=k, random_state=0, **FAIRSEQ_MINIBATCH).fit(x))
+    after = faiss_fits(plan.repeats // 2)
+    sk_inertia = inertia(sk.cluster_centers_)
+    faiss_runs = {}
+    for it in plan.faiss_iters:
+        fits = before[it] + after[it]
+        wall, cpu = median(f[0] for f in fits), median(f[1] for f in fits)
+        faiss_runs[it] = {"wall_s": wall, "walls_s": [f[0] for f in fits], "cpu_s": cpu,
+                          "inertia": fits[0][2].inertia, "iterations": fits[0][2].iterations,
+                          "speedup_vs_sklearn": sk_s / wall, "cpu_speedup_vs_sklearn": sk_cpu / cpu,
+                          "inertia_vs_sklearn": fits[0][2].inertia / sk_inertia}
+    split = _fit_split(km, x, k, max(plan.faiss_iters))
+    assign_rates = _assign_rates(km, k, d, plan)
+    head = faiss_runs[max(plan.faiss_iters)]
+    result = {
+        "data": f"Gaussian mixture, {n} x {d} float32, 400 uneven components in a 64-d subspace + noise (seed 0)",
+        "k": k, "threads": threads,
+        "sklearn": {"settings": {**FAIRSEQ_MINIBATCH, "random_state": 0}, "wall_s": sk_s, "cpu_s": sk_cpu,
+                    "inertia": sk_inertia,
+                    "n_steps": int(sk.n_steps_), "n_iter": int(sk.n_iter_)},
+        "faiss": {"settings": "fit_kmeans(x, k, seed=0, n_iter=N, n_init=1): k-means++ on <= 20,000 + 50 k points, "
+                              "then up to N Lloyd iterations on every point", "by_n_iter": faiss_runs,
+                  "split_s": split},
+        "assign": assign_rates,
+        "checks": [check(f"sklearn time / FAISS time (n_iter={max(plan.faiss_iters)})", head["speedup_vs_sklearn"],
+                         ">=", 20),
+                   check(f"FAISS inertia / sklearn inertia (n_iter={max(plan.faiss_iters)})",
+                         head["inertia_vs_sklearn"], "<=", 1.0)],
+    }
+    result["summary"] = [
+        f"{result['data']}, k = {k}, {threads} threads",
+        f"  sklearn MiniBatchKMeans (fairseq HuBERT settings): {sk_s:.1f} s ({sk_cpu:.0f} CPU s), "
+        f"inertia {sk_inertia:.6g}, {sk.n_steps_} minibatch steps",
+        *(f"  FAISS fit_kmeans n_iter={it}: {r['wall_s']:.2f} s ({r['cpu_s']:.0f} CPU s; x{r['speedup_vs_sklearn']:.1f} "
+          f"faster in wall time, x{r['cpu_speedup_vs_sklearn']:.1f} in CPU time), "
+          f"inertia {r['inertia']:.6g} ({r['inertia_vs_sklearn']:.4f} of sklearn's), {r['iterations']} iterations"
+          for it, r in faiss_runs.items()),
+        "  FAISS fit split: " + ", ".join(f"{a} {b:.2f} s" for a, b in split.items()),
+        "  assign: " + ", ".join(f"{t} thread(s): {r['frames_per_s']:.0f} frames/s = {r['frames_per_s_per_core']:.0f} "
+                                 f"per core" for t, r in assign_rates.items()),
+        *map(check_line, result["checks"]),
+    ]
+    return result
+
+
+def _fit_split(km, x: np.ndarray, k: int, n_iter: int) -> dict:
+    """Where fit_kmeans's time goes (one run): k-means++ seeding, FAISS Lloyd, the exact inertia pass."""
+    if not all(hasattr(km, f) for f in ("_kmeans_pp", "_lloyd")):
+        return {}
+    t_pp, _, init = timed(km._kmeans_pp, x, k, 0)
+    t_lloyd, _, (centroids, _) = timed(km._lloyd, x, init, n_iter, 0, False)
+    t_assign, _, _ = timed(km.assign, x, centroids)
+    return {"kmeans_pp": t_pp, "lloyd": t_lloyd, "assign_inertia": t_assign}
+
+
+def _assign_rates(km, k: int, d: int, plan: Plan) -> dict:
+    """pipeline.kmeans.assign on float16 rows (as read from Parquet), one thread and all threads."""
+    x = mixture(plan.assign_points, d, seed=1).astype(np.float16)
+    centroids = mixture(k, d, seed=2)
+    out = {}
+    for threads in sorted({1, km.set_threads(None)}):
+        km.set_threads(threads)
+        walls = [timed(km.assign, x, centroids)[0] for _ in range(plan.repeats)]
+        rate = len(x) / median(walls)
+        out[threads] = {"frames_per_s": rate, "frames_per_s_per_core": rate / threads, "walls_s": walls}
+    km.set_threads(None)
+    return out
+
+
+# ---------------------------------------------------------------- reductions (slot)
+# t-SNE / UMAP timings go here: register e.g. `@benchmark("reduce_umap")` functions that take
+# `mixture(n, d)` (or frames read back from ctx.warehouse) and return {"summary", "checks", ...} like the
+# ones above; they then run in `make bench` and can be selected with `--only`.
+
+
+# ---------------------------------------------------------------- machine, results, CLI
+
+
+def machine_facts() -> dict:
+    import torch
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "cpu_affinity": affinity,
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "versions": {name: version(dist) for name, dist in [
+            ("torch", "torch"), ("faiss", "faiss-cpu"), ("faiss_gpu", "faiss-gpu-cu12"),
+            ("scikit-learn", "scikit-learn"), ("transformers", "transformers"), ("datasets", "datasets"),
+            ("pyarrow", "pyarrow"), ("numpy", "numpy")] if version(dist)},
+    }
+
+
+def _same_machine(a: dict, b: dict) -> bool:
+    keys = ("cpu_model", "cpu_count", "cpu_affinity", "cuda", "versions")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def write_results(out: Path, machine: dict, mode: str, corpus: str, results: dict, wall_s: float) -> dict:
+    """Write `out`; a partial run (--only) keeps the other benchmarks' results from the same machine."""
+    doc = {"machine": machine, "benchmarks": {}}
+    if out.exists():
+        old = json.loads(out.read_text())
+        if _same_machine(old.get("machine", {}), machine):
+            doc["benchmarks"] = old.get("benchmarks", {})
+    for name, r in results.items():
+        doc["benchmarks"][name] = {"measured_utc": machine["date_utc"], "mode": mode, "corpus": corpus, **r}
+    doc["benchmarks"] = {k: doc["benchmarks"][k] for k in BENCHMARKS if k in doc["benchmarks"]}
+    doc["last_run"] = {"benchmarks": list(results), "mode": mode, "wall_s": round(wall_s, 1),
+                       "load_average_at_end": [round(v, 2) for v in os.getloadavg()]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(_rounded(doc), indent=1) + "\n")
+    os.replace(tmp, out)
+    return doc
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return round(obj, 4) if abs(obj) < 1e6 else round(obj, 1)
+    if isinstance(obj, dict):
+        return {str(k): _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results.json", help="results JSON")
+    p.add_argument("--quick", action="store_true", help="smaller sizes: ~2 minutes instead of ~8")
+    p.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
+                   help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    p.add_argument("--corpus", default="auto", choices=["auto", "embedded", "synthetic"],
+                   help="auto: the embedded corpus when pipeline/embedded/data has Parquet files, else synthetic")
+    p.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, removed at the end)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(BENCHMARKS))
+        return 0
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    from pipeline.sources import EMBEDDED_DATA
+
+    corpus = args.corpus
+    if corpus == "auto":
+        corpus = "embedded" if any(EMBEDDED_DATA.glob("*.parquet")) else "synthetic"
+    mode = "quick" if args.quick else "full"
+    names = args.only or list(BENCHMARKS)
+    machine = machine_facts()
+    print(f"bench ({mode}, corpus {corpus}): {', '.join(names)}\nmachine: {json.dumps(machine)}", flush=True)
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    ctx = Context(PLANS[mode], mode, scratch, corpus)
+    started = time.perf_counter()
+    results = {}
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            results[name] = BENCHMARKS[name](ctx)
+            results[name]["wall_s"] = time.perf_counter() - t0
+            print(f"\n== {name} ({results[name]['wall_s']:.0f} s)\n" + "\n".join(results[name]["summary"]), flush=True)
+    finally:
+        if args.scratch is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    wall = time.perf_counter() - started
+    write_results(args.out, machine, mode, corpus, results, wall)
+    missed = [f"{n}: {c['what']}" for n, r in results.items() for c in r.get("checks", []) if not c["met"]]
+    print(f"\n{len(names)} benchmarks in {wall:.0f} s -> {args.out}; targets not met: {len(missed)}")
+    for m in missed:
+        print("  " + m)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

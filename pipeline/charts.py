@@ -1,0 +1,286 @@
+"""Altair charts, each built from one named query (`sql/report_*.sql`) and nothing else.
+
+Every function returns a `Figure`: the chart, the query's name and parameters, and the query's
+result, so a test (or a reader) can rerun the query and compare. Data are inlined once per figure
+(concatenated panels share one dataset) and bounded by the query (`$n_points`), so a figure of
+three panels × four colourings of 2,000 frames stays ~0.5 MB of JSON.
+
+Maps are wide: one row per frame, with `x_<panel>`, `y_<panel>`, `cluster_<panel>` per panel, so
+the same frame sits in the same row of every panel and a selection (legend click on a phone, a
+class or a speaker; a drag in a panel of the first row) highlights the same frames everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import altair as alt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.phone_classes import CLASSES, classify
+from pipeline.sql import query
+from pipeline.warehouse import Warehouse
+
+HEADLINE_METRICS = ("ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette")
+CLASS_COLOURS = {
+    "vowel": "#e15759", "diphthong": "#ff9da7", "approximant": "#f28e2b", "nasal": "#edc948",
+    "fricative": "#59a14f", "affricate": "#76b7b2", "stop": "#4e79a7", "closure": "#9ecae9",
+    "silence": "#bab0ac", "other": "#79706e",
+}
+TABLEAU20 = ["#4e79a7", "#a0cbe8", "#f28e2b", "#ffbe7d", "#59a14f", "#8cd17d", "#b6992d", "#f1ce63", "#499894",
+             "#86bcb6", "#e15759", "#ff9d9a", "#79706e", "#d37295", "#fabfd2", "#b07aa1", "#d4a6c8", "#9d7660",
+             "#d7b5a6", "#bab0ac"]
+OTHER_COLOUR = "#dddddd"
+COLOURINGS = ("phone_class", "phone", "speaker", "cluster", "metadata")
+MAX_METADATA_VALUES = 20  # a metadata key with more distinct values than this is left out of the colour menu
+
+# Empty views for stages that have not run yet, so every report query runs on any warehouse.
+EMPTY_VIEWS = {
+    "reductions": "utterance_id varchar, frame integer, label varchar, x float, y float, run varchar, "
+                  "layer bigint, method varchar",
+    "clusters": "utterance_id varchar, frame integer, cluster integer, distance float, run varchar, layer bigint, "
+                "k bigint",
+    "metrics": "metric varchar, value double, n bigint, run varchar, layer bigint, k bigint, tier varchar, "
+               "subset varchar",
+}
+
+
+@dataclass
+class Figure:
+    name: str  # file-safe: the PNG is <name>.png
+    title: str
+    chart: Any  # an Altair top-level chart
+    query: str  # the sql/ query the data came from
+    params: dict
+    data: pa.Table  # the query's result
+    caption: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def spec(self) -> dict:
+        return self.chart.to_dict(validate=True)
+
+
+def connect(warehouse) -> Any:
+    """The warehouse's DuckDB views, plus empty views for missing analysis tables and the
+    `phone_classes` (label, class) table the report queries join."""
+    con = Warehouse(warehouse).connect()
+    present = {row[0] for row in con.sql("select view_name from duckdb_views() where not internal").fetchall()}
+    for name, columns in EMPTY_VIEWS.items():
+        if name not in present:
+            cols = ", ".join(f"null::{c.split()[1]} as {c.split()[0]}" for c in columns.split(", "))
+            con.execute(f"create view {name} as select {cols} where false")
+    mapping = classify(query(None, "report_phone_labels", {}, con=con)["phone"].to_pylist())
+    con.register("phone_classes", pa.table({
+        "label": pa.array(list(mapping), pa.string()),
+        "class": pa.array(list(mapping.values()), pa.string()),
+        "class_order": pa.array([CLASSES.index(c) for c in mapping.values()], pa.int32()),
+    }))
+    return con
+
+
+def records(table: pa.Table, digits: int = 4) -> list[dict]:
+    """Rows as JSON-ready dicts; floats rounded (coordinates need no more) to keep the HTML small."""
+    cols = {}
+    for name in table.column_names:
+        col = table[name]
+        if pa.types.is_floating(col.type):
+            col = pc.round(col.cast(pa.float64()), digits)
+        elif pa.types.is_decimal(col.type):
+            col = col.cast(pa.float64())
+        cols[name] = col
+    return pa.table(cols).to_pylist()
+
+
+def layer_name(layer: int) -> str:
+    return "CNN" if layer == -1 else f"layer {layer}"
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def metric_curves(con, runs: Sequence[str], metrics: Sequence[str] = HEADLINE_METRICS, tier: str = "phone",
+                  subset: str = "all") -> Figure:
+    """Per-layer metric curves: x = layer, y = value, one line per run (dashes per k), a panel per metric."""
+    params = {"runs": ",".join(runs), "metrics": ",".join(metrics), "tier": tier, "subset": subset}
+    data = query(None, "report_metrics", params, con=con)
+    rows = records(data)
+    ks = sorted({r["k"] for r in rows})
+    pick = alt.selection_point(fields=["run"], bind="legend", name="run_pick")
+    panels = []
+    for i, metric in enumerate(metrics):
+        panel = alt.Chart().mark_line(point=True).encode(
+            x=alt.X("layer:O", title="layer (-1 = CNN)"),
+            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+            color=alt.Color("run:N", sort=list(runs), title="run"),
+            strokeDash=alt.StrokeDash("k:N", title="k") if len(ks) > 1 else alt.Undefined,
+            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+            tooltip=["run:N", "layer:O", "k:Q", "metric:N", alt.Tooltip("value:Q", format=".4f"), "n:Q"],
+        ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=metric)).properties(
+            width=170, height=130, title=metric)
+        panels.append(panel.add_params(pick) if i == 0 else panel)
+    chart = alt.ConcatChart(concat=panels, columns=4, data=alt.InlineData(values=rows)).resolve_scale(
+        y="independent").properties(title=f"Cluster/{tier} agreement by layer (subset: {subset})")
+    return Figure("metric_curves", "Metrics by layer", chart, "report_metrics", params, data,
+                  caption=f"k-means with k = {', '.join(map(str, ks)) or '?'}; every frame of the layer is scored. "
+                          "Click a run in the legend to highlight it.")
+
+
+def metric_table(con, runs: Sequence[str], tier: str = "phone", subset: str = "all") -> tuple[pa.Table, dict]:
+    params = {"runs": ",".join(runs), "tier": tier, "subset": subset}
+    return query(None, "report_metric_table", params, con=con), params
+
+
+# ------------------------------------------------------------------------------------------- maps
+def _wide(data: pa.Table, n_panels: int) -> tuple[list[dict], list[str]]:
+    """One row per frame: the frame's facts, its metadata as columns, and x/y/cluster per panel."""
+    rows: dict[tuple, dict] = {}
+    meta_keys: dict[str, set] = {}
+    for r in records(data, digits=3):
+        key = (r["utterance_id"], r["frame"])
+        row = rows.get(key)
+        if row is None:
+            meta = dict(r.pop("metadata") or [])
+            for k, v in meta.items():
+                meta_keys.setdefault(k, set()).add(v)
+            row = rows[key] = {k: v for k, v in r.items() if k not in ("panel", "run", "layer", "x", "y", "cluster")}
+            row.update({f"meta_{k}": v for k, v in meta.items()})
+        p = r["panel"]
+        row[f"x_{p}"], row[f"y_{p}"] = r["x"], r["y"]
+        row[f"cluster_{p}"] = None if r["cluster"] is None else str(r["cluster"])
+    usable = sorted(k for k, v in meta_keys.items() if 1 < len(v) <= MAX_METADATA_VALUES)
+    return list(rows.values()), usable
+
+
+def _domain(rows: list[dict], field_name: str) -> list[str]:
+    """Categories in the query's rank order (frequency in the whole layer / run), 'other' last."""
+    ranks = {r[field_name]: r[f"{field_name}_rank"] for r in rows}
+    return sorted(ranks, key=lambda name: (ranks[name], str(name)))
+
+
+def _colour(kind: str, rows: list[dict], panel: int, top_n: int):
+    if kind == "phone_class":
+        present = {r["phone_class"] for r in rows}
+        domain = [c for c in CLASSES if c in present]
+        return alt.Color("phone_class:N", title="phone class", legend=alt.Legend(orient="right", symbolLimit=20),
+                         scale=alt.Scale(domain=domain, range=[CLASS_COLOURS[c] for c in domain]))
+    if kind in ("phone", "speaker"):
+        f = f"{kind}_top"
+        domain = _domain(rows, f)
+        rng = [TABLEAU20[i % 20] if d != "other" else OTHER_COLOUR for i, d in enumerate(domain)]
+        return alt.Color(f"{f}:N", title=f"{kind} (top {top_n})", scale=alt.Scale(domain=domain, range=rng),
+                         legend=alt.Legend(orient="right", columns=2 if len(domain) > 12 else 1, symbolLimit=50))
+    if kind == "cluster":
+        return alt.Color(f"cluster_{panel}:N", legend=None, scale=alt.Scale(scheme="category20"))
+    if kind == "metadata":
+        return alt.Color("meta_value:N", title="metadata value", scale=alt.Scale(scheme="tableau10"),
+                         legend=alt.Legend(orient="right"))
+    raise ValueError(f"unknown colouring {kind!r}: use some of {', '.join(COLOURINGS)}")
+
+
+def map_grid(con, panels: Sequence[tuple[str, int]], method: str, k: int, n_points: int = 2000, top_n: int = 15,
+             seed: int = 0, colourings: Sequence[str] = ("phone_class", "phone", "speaker", "cluster", "metadata"),
+             name: str | None = None, title: str | None = None, panel_size: int = 190) -> Figure:
+    """The same frames mapped in several panels (run, layer), one row of panels per colouring.
+
+    Legend clicks select a phone / class / speaker across all panels; dragging in a panel of the
+    first row selects a region, and every panel highlights those frames."""
+    params = {"panels": ",".join(f"{r}:{layer}" for r, layer in panels), "method": method, "k": k,
+              "n_points": n_points, "top_n": top_n, "seed": seed}
+    data = query(None, "report_map_points", params, con=con)
+    rows, meta_keys = _wide(data, len(panels))
+    if "metadata" in colourings and not meta_keys:
+        colourings = [c for c in colourings if c != "metadata"]
+    selections = {
+        "phone": alt.selection_point(fields=["phone_top"], bind="legend", name="pick_phone"),
+        "phone_class": alt.selection_point(fields=["phone_class"], bind="legend", name="pick_class"),
+        "speaker": alt.selection_point(fields=["speaker_top"], bind="legend", name="pick_speaker"),
+    }
+    brushes = [alt.selection_interval(name=f"brush_{i}", encodings=["x", "y"], empty=True)
+               for i in range(1, len(panels) + 1)] if len(panels) > 1 else []
+    active = [selections[c] for c in colourings if c in selections] + brushes
+    highlight = active[0] if active else None
+    for s in active[1:]:
+        highlight = highlight & s
+    meta_param = alt.param(name="meta_key", value=f"meta_{meta_keys[0]}" if meta_keys else "",
+                           bind=alt.binding_select(options=[f"meta_{m}" for m in meta_keys], labels=meta_keys,
+                                                   name="colour the last row by: ")) if "metadata" in colourings else None
+    tooltip = [alt.Tooltip("utterance_id:N", title="utterance"), alt.Tooltip("time_s:Q", title="time (s)", format=".2f"),
+               "phone:N", alt.Tooltip("phone_class:N", title="class"), "speaker:N", "frame:Q"]
+    tooltip += [alt.Tooltip(f"meta_{m}:N", title=m) for m in meta_keys]
+    grid = []
+    for row_i, kind in enumerate(colourings):
+        cells = []
+        for i, (run, layer) in enumerate(panels, start=1):
+            colour = _colour(kind, rows, i, top_n)
+            cell = alt.Chart().mark_circle(size=9).encode(
+                x=alt.X(f"x_{i}:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False)),
+                y=alt.Y(f"y_{i}:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False)),
+                color=colour,
+                opacity=alt.condition(highlight, alt.value(0.85), alt.value(0.06)) if highlight is not None else alt.value(0.8),
+                tooltip=tooltip + [alt.Tooltip(f"cluster_{i}:N", title=f"cluster (k={k})")],
+            ).properties(width=panel_size, height=panel_size,
+                         title=f"{run} · {layer_name(layer)}" if row_i == 0 else "")
+            if kind == "metadata":
+                cell = cell.transform_calculate(meta_value="datum[meta_key]")
+                if i == 1:
+                    cell = cell.add_params(meta_param)
+            if i == 1 and kind in selections:
+                cell = cell.add_params(selections[kind])
+            if row_i == 0 and brushes:
+                cell = cell.add_params(brushes[i - 1])
+            cells.append(cell)
+        label = {"phone_class": "phone class", "phone": f"phone (top {top_n}, rest 'other')",
+                 "speaker": f"speaker (top {top_n})", "cluster": f"k-means cluster (k = {k}, per panel)",
+                 "metadata": "utterance metadata (menu below)"}[kind]
+        row = alt.hconcat(*cells, title=alt.TitleParams(f"coloured by {label}", anchor="start", fontSize=12))
+        if kind == "cluster":
+            row = row.resolve_scale(color="independent")
+        grid.append(row)
+    methods = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+    title = title or f"{methods.get(method, method)} maps: " + " | ".join(f"{r} {layer_name(l)}" for r, l in panels)
+    chart = alt.VConcatChart(vconcat=grid, data=alt.InlineData(values=rows), spacing=12).resolve_scale(
+        color="independent").properties(title=title)
+    name = name or f"map_{method}_" + "_".join(f"{r}_{l}" for r, l in panels)
+    caption = (f"{len(rows)} frames (a balanced sample, the same in every panel). Click a legend entry to highlight "
+               "a phone, class or speaker in all panels (shift-click for several)"
+               + ("; drag in a panel of the first row to follow a region's frames into the other panels." if brushes else "."))
+    return Figure(_safe(name), title, chart, "report_map_points", params, data, caption=caption,
+                  extra={"frames": len(rows), "panels": list(panels), "metadata_keys": meta_keys})
+
+
+# ------------------------------------------------------------------------------------------- contingency
+def contingency_heatmap(con, run: str, k: int, layers: Sequence[int], layer: int | None = None) -> Figure:
+    """Phone × cluster heatmap (share of each phone's frames per cluster), a menu to switch layers."""
+    params = {"run": run, "k": k, "layers": ",".join(map(str, layers))}
+    data = query(None, "report_contingency", params, con=con)
+    rows = records(data)
+    shown = layer if layer is not None else layers[-1]
+    n_phones = len({r["phone"] for r in rows}) or 1
+    pick = alt.param(name="heat_layer", value=shown,
+                     bind=alt.binding_select(options=list(layers), labels=[layer_name(l) for l in layers],
+                                             name="layer: "))
+    chart = alt.Chart(alt.InlineData(values=rows)).mark_rect().encode(
+        x=alt.X("cluster:N", sort=alt.EncodingSortField("cluster_rank", op="min"), title="cluster (by majority phone)"),
+        y=alt.Y("phone:N", sort=alt.EncodingSortField("phone_rank", op="min"), title="phone (by class, frequency)"),
+        color=alt.Color("share_of_phone:Q", title="share of phone", scale=alt.Scale(scheme="blues", domain=[0, 1])),
+        tooltip=["phone:N", "phone_class:N", "cluster:N", "n_frames:Q",
+                 alt.Tooltip("share_of_phone:Q", format=".3f"), alt.Tooltip("share_of_cluster:Q", format=".3f"),
+                 "majority_phone:N", "cluster_frames:Q"],
+    ).add_params(pick).transform_filter("datum.layer == heat_layer").properties(
+        width=max(200, min(900, 14 * k)), height=max(150, min(1100, 12 * n_phones)),
+        title=f"{run}: phone × cluster (k = {k}), rows sum to 1")
+    return Figure(_safe(f"contingency_{run}_k{k}"), f"Phone × cluster: {run}", chart, "report_contingency", params,
+                  data, caption="Each row is one phone's frames spread over the clusters (white: none). "
+                                "Use the menu under the chart to switch layers.")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def data_rows(spec: dict) -> list[dict]:
+    """Every inline data row of a Vega-Lite spec (top-level `data`, `datasets`)."""
+    rows = list(spec.get("data", {}).get("values", []) if isinstance(spec.get("data"), dict) else [])
+    for values in spec.get("datasets", {}).values():
+        rows.extend(values)
+    return rows

@@ -1,0 +1,216 @@
+"""pipeline.reduce: determinism, declared columns, streamed PCA equal to a full PCA, shared samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.reduce import REDUCTIONS_SCHEMA, StreamingPCA, _pca_cache, fit_pca, per_label_for, reduce, reduce_many
+from pipeline.schemas import UTTERANCES, frames_schema
+from pipeline.warehouse import Warehouse
+
+PHONES = ["sil", "a", "i:", "s", "t", "n", "l", "D"]  # espeak-ng mnemonics: classes from the embedded JSON
+SPEAKERS = ["spk-a", "spk-b", "spk-c"]
+
+
+def make_frames_warehouse(root: Path, run: str = "syn", layers=(-1, 0, 1, 2), n_utts: int = 12, dim: int = 16,
+                          seed: int = 0, vector_fn=None, n_shards: int = 2) -> Path:
+    """A warehouse with extracted-looking frames (no model): utterances of phones 3–7 frames long,
+    sil at both ends, two unlabelled frames at the end; vectors = phone centre (sharper with depth)
+    + speaker offset (strong in the CNN layer) + noise, stored float16 like `extract` does.
+    The labels do not depend on `seed` (two runs of one corpus); the vectors do."""
+    rng = np.random.default_rng(seed)
+    corpus_rng = np.random.default_rng(1234)
+    wh = Warehouse(root)
+    wh.ensure_facts(run, {"layers": list(layers), "model": {"num_layers": max(layers), "model_id": "synthetic"},
+                          "dtype": "float16"})
+    centres = {p: rng.standard_normal(dim) * 3 for p in PHONES}
+    speaker_offsets = {s: rng.standard_normal(dim) * 3 for s in SPEAKERS}
+    utts = []
+    for u in range(n_utts):
+        labels = ["sil"] * 4
+        for _ in range(6):
+            labels += [PHONES[1 + corpus_rng.integers(len(PHONES) - 1)]] * int(corpus_rng.integers(3, 8))
+        labels += ["sil"] * 4 + [None, None]
+        utts.append((f"{SPEAKERS[u % 3]}/{u:03d}", SPEAKERS[u % 3], labels))
+    shards = np.array_split(np.arange(n_utts), n_shards)
+    for shard, idx in enumerate(shards):
+        chosen = [utts[i] for i in idx]
+        corpus = pa.Table.from_pylist([{
+            "utterance_id": uid, "corpus": "synthetic", "speaker": spk, "split": "train",
+            "n_samples": 320 * len(lab) + 80, "sample_rate_hz": 16000, "source_sample_rate_hz": 16000,
+            "source_channels": 1, "duration_s": (320 * len(lab) + 80) / 16000, "text": "",
+            "metadata": [("gender", "female" if spk == "spk-b" else "male"), ("split", "train")],
+        } for uid, spk, lab in chosen], schema=UTTERANCES)
+        files = [wh.write("utterances", corpus, run, shard)]
+        for layer in layers:
+            rows = []
+            for uid, spk, lab in chosen:
+                for f, p in enumerate(lab):
+                    if vector_fn is not None:
+                        v = vector_fn(uid, f, layer)
+                    else:
+                        sharp = 1.0 + layer + 1  # deeper layers separate phones better
+                        v = (centres[p or "sil"] * sharp + speaker_offsets[spk] * (3 if layer == -1 else 0.5)
+                             + rng.standard_normal(dim))
+                    rows.append({"utterance_id": uid, "frame": f, "time_s": (320 * f + 200) / 16000, "phone": p,
+                                 "word": None if p in (None, "sil") else "w", "vector": np.asarray(v, np.float16)})
+            table = pa.Table.from_pylist(rows, schema=frames_schema(dim, "float16"))
+            files.append(wh.write("frames", table, run, shard, layer=layer))
+        wh.commit(run, "extract", shard, files)
+    return root
+
+
+def read_reduction(root: Path, run: str, layer: int, method: str) -> pa.Table:
+    return pq.read_table(root / f"reductions/run={run}/layer={layer}/method={method}/part-00000.parquet")
+
+
+@pytest.fixture(scope="module")
+def wh_root(tmp_path_factory) -> Path:
+    return make_frames_warehouse(tmp_path_factory.mktemp("reduce") / "wh")
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne", pytest.param("umap", marks=pytest.mark.slow)])
+def test_reduce_is_deterministic_and_writes_the_declared_columns(wh_root, method):
+    a = reduce("syn", 1, method, warehouse=str(wh_root), n=150, seed=3)
+    first = read_reduction(wh_root, "syn", 1, method)
+    b = reduce("syn", 1, method, warehouse=str(wh_root), n=150, seed=3)
+    second = read_reduction(wh_root, "syn", 1, method)
+    assert first.schema.equals(REDUCTIONS_SCHEMA)
+    assert first.equals(second)
+    assert 0 < a["rows"] == b["rows"] == first.num_rows <= 150
+    assert np.isfinite(first["x"].to_numpy()).all() and np.isfinite(first["y"].to_numpy()).all()
+    assert first["x"].to_numpy().std() > 0
+    rec = Warehouse(wh_root).commits("syn", f"reduce.{method}")[("syn", f"reduce.{method}", 1)]
+    assert rec["params"]["seed"] == 3 and rec["params"]["n"] == 150 and rec["params"]["per_label"] == a["params"]["per_label"]
+    assert {"perplexity": "tsne", "n_neighbors": "umap"}.keys() & rec["params"].keys() == (
+        {"perplexity"} if method == "tsne" else {"n_neighbors"} if method == "umap" else set())
+    # a rerun replaces its file: the view holds each frame once
+    con = Warehouse(wh_root).connect()
+    dup = con.sql("select count(*) - count(distinct (utterance_id, frame)) from reductions "
+                  "where run = 'syn' and layer = 1 and method = $m", params={"m": method}).fetchall()[0][0]
+    assert dup == 0
+
+
+def test_other_seed_other_sample(wh_root):
+    reduce("syn", 0, "pca", warehouse=str(wh_root), n=100, seed=0)
+    a = read_reduction(wh_root, "syn", 0, "pca")
+    reduce("syn", 0, "pca", warehouse=str(wh_root), n=100, seed=1)
+    b = read_reduction(wh_root, "syn", 0, "pca")
+    keys = lambda t: set(zip(t["utterance_id"].to_pylist(), t["frame"].to_pylist()))  # noqa: E731
+    assert keys(a) != keys(b)
+
+
+def test_the_same_frames_in_every_layer_and_method(wh_root):
+    tables = []
+    for layer, method in [(-1, "pca"), (2, "pca"), (2, "tsne")]:
+        reduce("syn", layer, method, warehouse=str(wh_root), n=120, seed=5)
+        tables.append(read_reduction(wh_root, "syn", layer, method))
+    keys = [list(zip(t["utterance_id"].to_pylist(), t["frame"].to_pylist())) for t in tables]
+    assert keys[0] == keys[1] == keys[2]
+    assert None not in tables[0]["label"].to_pylist()  # unlabelled frames are never sampled
+
+
+def test_sample_is_balanced_and_bounded(wh_root):
+    info = reduce("syn", 2, "pca", warehouse=str(wh_root), n=80, seed=0)
+    t = read_reduction(wh_root, "syn", 2, "pca")
+    counts = {}
+    for lab in t["label"].to_pylist():
+        counts[lab] = counts.get(lab, 0) + 1
+    assert t.num_rows <= 80
+    assert max(counts.values()) <= info["params"]["per_label"]
+    assert set(counts) == set(PHONES)
+
+
+def _low_rank_warehouse(root: Path, dim: int = 12, rank: int = 2) -> tuple[Path, np.ndarray, dict]:
+    rng = np.random.default_rng(7)
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T * np.array([[6.0], [2.0]])[:rank]
+    offset = rng.standard_normal(dim) * 4
+    table = {}
+
+    def vector(uid, f, layer):
+        v = offset + rng.standard_normal(rank) @ basis + 0.01 * rng.standard_normal(dim)
+        table[(uid, f)] = v.astype(np.float16).astype(np.float64)
+        return v
+
+    make_frames_warehouse(root, run="lowrank", layers=(3,), dim=dim, vector_fn=vector, n_shards=3)
+    keys = sorted(table)
+    return root, np.stack([table[k] for k in keys]), {k: i for i, k in enumerate(keys)}
+
+
+def test_pca_recovers_the_variance_of_a_low_rank_dataset(tmp_path):
+    root, x, index = _low_rank_warehouse(tmp_path / "wh")
+    info = reduce("lowrank", 3, "pca", warehouse=str(root), n=10_000, pca_dims=5)
+    assert info["params"]["pca_frames"] == len(x)  # fitted on every frame, not the sample
+    assert info["explained_variance_2d"] > 0.999
+    # coordinates equal a full (non-streamed) PCA's, up to the sign of each axis
+    centred = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    ref = centred @ vt[:2].T
+    t = read_reduction(root, "lowrank", 3, "pca")
+    rows = [index[k] for k in zip(t["utterance_id"].to_pylist(), t["frame"].to_pylist())]
+    ours = np.column_stack([t["x"].to_numpy(), t["y"].to_numpy()]).astype(np.float64)
+    for axis in range(2):
+        sign = np.sign(ours[:, axis] @ ref[rows, axis])
+        np.testing.assert_allclose(sign * ours[:, axis], ref[rows, axis], atol=2e-3 * np.abs(ref).max())
+    assert info["explained_variance_2d"] == pytest.approx((s[:2] ** 2).sum() / (s ** 2).sum(), rel=1e-4)
+
+
+def test_streamed_pca_in_tiny_batches_equals_one_batch(tmp_path):
+    root, x, _ = _low_rank_warehouse(tmp_path / "wh")
+    wh = Warehouse(root)
+    fits = []
+    for batch_frames in (7, 100_000):  # many batches with a short last one; one batch
+        _pca_cache.clear()
+        fits.append(fit_pca(wh, "lowrank", 3, n_components=3, batch_frames=batch_frames))
+    small, whole = fits
+    assert small.n_samples_seen_ == whole.n_samples_seen_ == len(x)
+    np.testing.assert_allclose(small.explained_variance_ratio_, whole.explained_variance_ratio_, rtol=1e-9)
+    np.testing.assert_allclose(small.components_, whole.components_, atol=1e-9)
+
+
+def test_streaming_pca_equals_scikit_learn_despite_a_large_mean():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3000, 20)) * np.linspace(0.1, 3, 20) + 1e4).astype(np.float32)  # mean ≫ spread
+    ours = StreamingPCA(5)
+    for part in np.array_split(x, 17):
+        ours.partial_fit(part)
+    ours.finish()
+    ref = PCA(5, svd_solver="full").fit(x.astype(np.float64))
+    np.testing.assert_allclose(ours.explained_variance_, ref.explained_variance_, rtol=1e-6)
+    np.testing.assert_allclose(ours.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(ours.components_ @ ref.components_.T), np.eye(5), atol=1e-6)
+    np.testing.assert_allclose(np.abs(ours.transform(x[:50])), np.abs(ref.transform(x[:50])), atol=1e-3)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=3), st.integers(1, 500), min_size=1, max_size=30),
+       st.integers(1, 5000))
+def test_per_label_gives_the_largest_sample_within_n(counts, n):
+    p = per_label_for(counts, n)
+    size = sum(min(c, p) for c in counts.values())
+    if size > n:  # only when even one frame per label is more than n
+        assert p == 1 and len(counts) > n
+    elif p < max(counts.values()):
+        assert sum(min(c, p + 1) for c in counts.values()) > n
+
+
+def test_errors_name_the_problem(wh_root):
+    with pytest.raises(ValueError, match="unknown reduction method 'tsen'"):
+        reduce("syn", 1, "tsen", warehouse=str(wh_root))
+    with pytest.raises(ValueError, match="no committed frames of layer 7.*extract"):
+        reduce("syn", 7, "pca", warehouse=str(wh_root))
+
+
+def test_reduce_many_layers_and_methods(wh_root):
+    infos = reduce_many("syn", layers="-1,2", methods="pca", warehouse=str(wh_root), n=60)
+    assert [(i["layer"], i["method"]) for i in infos] == [(-1, "pca"), (2, "pca")]
+    with pytest.raises(ValueError, match="does not exist|were not extracted"):
+        reduce_many("syn", layers="3", warehouse=str(wh_root))
