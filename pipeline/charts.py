@@ -157,7 +157,7 @@ def _domain(rows: list[dict], field_name: str) -> list[str]:
     return sorted(ranks, key=lambda name: (ranks[name], str(name)))
 
 
-def _colour(kind: str, rows: list[dict], panel: int, top_n: int):
+def _colour(kind: str, rows: list[dict], panel: int, top_n: int, domains: dict[str, list[str]]):
     if kind == "phone_class":
         present = {r["phone_class"] for r in rows}
         domain = [c for c in CLASSES if c in present]
@@ -165,7 +165,7 @@ def _colour(kind: str, rows: list[dict], panel: int, top_n: int):
                          scale=alt.Scale(domain=domain, range=[CLASS_COLOURS[c] for c in domain]))
     if kind in ("phone", "speaker"):
         f = f"{kind}_top"
-        domain = _domain(rows, f)
+        domain = domains[f]
         rng = [TABLEAU20[i % 20] if d != "other" else OTHER_COLOUR for i, d in enumerate(domain)]
         return alt.Color(f"{f}:N", title=f"{kind} (top {top_n})", scale=alt.Scale(domain=domain, range=rng),
                          legend=alt.Legend(orient="right", columns=2 if len(domain) > 12 else 1, symbolLimit=50))
@@ -175,6 +175,12 @@ def _colour(kind: str, rows: list[dict], panel: int, top_n: int):
         return alt.Color("meta_value:N", title="metadata value", scale=alt.Scale(scheme="tableau10"),
                          legend=alt.Legend(orient="right"))
     raise ValueError(f"unknown colouring {kind!r}: use some of {', '.join(COLOURINGS)}")
+
+
+ROW_LABELS = {"phone_class": "phone class", "phone": "phone (top {top_n}, rest 'other')",
+              "speaker": "speaker (top {top_n})", "cluster": "k-means cluster (k = {k}, per panel)",
+              "metadata": "utterance metadata (menu below)"}
+METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 
 
 def map_grid(con, panels: Sequence[tuple[str, int]], method: str, k: int, n_points: int = 2000, top_n: int = 15,
@@ -188,64 +194,61 @@ def map_grid(con, panels: Sequence[tuple[str, int]], method: str, k: int, n_poin
               "n_points": n_points, "top_n": top_n, "seed": seed}
     data = query(None, "report_map_points", params, con=con)
     rows, meta_keys = _wide(data, len(panels))
-    if "metadata" in colourings and not meta_keys:
-        colourings = [c for c in colourings if c != "metadata"]
-    selections = {
-        "phone": alt.selection_point(fields=["phone_top"], bind="legend", name="pick_phone"),
-        "phone_class": alt.selection_point(fields=["phone_class"], bind="legend", name="pick_class"),
-        "speaker": alt.selection_point(fields=["speaker_top"], bind="legend", name="pick_speaker"),
-    }
+    domains = {f: _domain(rows, f) for f in ("phone_top", "speaker_top")}
+    for r in rows:  # the ranks only order the legends
+        del r["phone_top_rank"], r["speaker_top_rank"]
+    colourings = [c for c in colourings if c != "metadata" or meta_keys]
+    picks = {kind: alt.selection_point(fields=[field], bind="legend", name=f"pick_{kind}")
+             for kind, field in [("phone", "phone_top"), ("phone_class", "phone_class"), ("speaker", "speaker_top")]
+             if kind in colourings}
     brushes = [alt.selection_interval(name=f"brush_{i}", encodings=["x", "y"], empty=True)
                for i in range(1, len(panels) + 1)] if len(panels) > 1 else []
-    active = [selections[c] for c in colourings if c in selections] + brushes
+    active = [*picks.values(), *brushes]
     highlight = active[0] if active else None
     for s in active[1:]:
         highlight = highlight & s
-    meta_param = alt.param(name="meta_key", value=f"meta_{meta_keys[0]}" if meta_keys else "",
-                           bind=alt.binding_select(options=[f"meta_{m}" for m in meta_keys], labels=meta_keys,
-                                                   name="colour the last row by: ")) if "metadata" in colourings else None
+    opacity = alt.condition(highlight, alt.value(0.85), alt.value(0.06)) if highlight is not None else alt.value(0.8)
     tooltip = [alt.Tooltip("utterance_id:N", title="utterance"), alt.Tooltip("time_s:Q", title="time (s)", format=".2f"),
-               "phone:N", alt.Tooltip("phone_class:N", title="class"), "speaker:N", "frame:Q"]
-    tooltip += [alt.Tooltip(f"meta_{m}:N", title=m) for m in meta_keys]
+               "phone:N", alt.Tooltip("phone_class:N", title="class"), "speaker:N", "frame:Q",
+               *[alt.Tooltip(f"meta_{m}:N", title=m) for m in meta_keys]]
     grid = []
     for row_i, kind in enumerate(colourings):
         cells = []
         for i, (run, layer) in enumerate(panels, start=1):
-            colour = _colour(kind, rows, i, top_n)
             cell = alt.Chart().mark_circle(size=9).encode(
                 x=alt.X(f"x_{i}:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False)),
                 y=alt.Y(f"y_{i}:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False)),
-                color=colour,
-                opacity=alt.condition(highlight, alt.value(0.85), alt.value(0.06)) if highlight is not None else alt.value(0.8),
+                color=_colour(kind, rows, i, top_n, domains), opacity=opacity,
                 tooltip=tooltip + [alt.Tooltip(f"cluster_{i}:N", title=f"cluster (k={k})")],
-            ).properties(width=panel_size, height=panel_size,
-                         title=f"{run} · {layer_name(layer)}" if row_i == 0 else "")
+            ).properties(width=panel_size, height=panel_size, title=f"{run} · {layer_name(layer)}" if row_i == 0 else "")
             if kind == "metadata":
                 cell = cell.transform_calculate(meta_value="datum[meta_key]")
-                if i == 1:
-                    cell = cell.add_params(meta_param)
-            if i == 1 and kind in selections:
-                cell = cell.add_params(selections[kind])
+            if i == 1:  # a parameter is declared once; conditions in every panel refer to it
+                cell = cell.add_params(*([picks[kind]] if kind in picks else []),
+                                       *([_metadata_menu(meta_keys)] if kind == "metadata" else []))
             if row_i == 0 and brushes:
                 cell = cell.add_params(brushes[i - 1])
             cells.append(cell)
-        label = {"phone_class": "phone class", "phone": f"phone (top {top_n}, rest 'other')",
-                 "speaker": f"speaker (top {top_n})", "cluster": f"k-means cluster (k = {k}, per panel)",
-                 "metadata": "utterance metadata (menu below)"}[kind]
+        label = ROW_LABELS[kind].format(top_n=top_n, k=k)
         row = alt.hconcat(*cells, title=alt.TitleParams(f"coloured by {label}", anchor="start", fontSize=12))
-        if kind == "cluster":
-            row = row.resolve_scale(color="independent")
-        grid.append(row)
-    methods = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-    title = title or f"{methods.get(method, method)} maps: " + " | ".join(f"{r} {layer_name(l)}" for r, l in panels)
+        grid.append(row.resolve_scale(color="independent") if kind == "cluster" else row)
+    title = title or f"{METHOD_NAMES.get(method, method)} maps: " + " | ".join(
+        f"{r} {layer_name(l)}" for r, l in panels)
     chart = alt.VConcatChart(vconcat=grid, data=alt.InlineData(values=rows), spacing=12).resolve_scale(
         color="independent").properties(title=title)
-    name = name or f"map_{method}_" + "_".join(f"{r}_{l}" for r, l in panels)
     caption = (f"{len(rows)} frames (a balanced sample, the same in every panel). Click a legend entry to highlight "
                "a phone, class or speaker in all panels (shift-click for several)"
-               + ("; drag in a panel of the first row to follow a region's frames into the other panels." if brushes else "."))
+               + ("; drag in a panel of the first row to follow a region's frames into the other panels." if brushes
+                  else "."))
+    name = name or f"map_{method}_" + "_".join(f"{r}_{l}" for r, l in panels)
     return Figure(_safe(name), title, chart, "report_map_points", params, data, caption=caption,
-                  extra={"frames": len(rows), "panels": list(panels), "metadata_keys": meta_keys})
+                  extra={"frames": len(rows), "panels": [list(p) for p in panels], "metadata_keys": meta_keys})
+
+
+def _metadata_menu(meta_keys: list[str]):
+    return alt.param(name="meta_key", value=f"meta_{meta_keys[0]}",
+                     bind=alt.binding_select(options=[f"meta_{m}" for m in meta_keys], labels=meta_keys,
+                                             name="colour the last row by: "))
 
 
 # ------------------------------------------------------------------------------------------- contingency
@@ -259,16 +262,28 @@ def contingency_heatmap(con, run: str, k: int, layers: Sequence[int], layer: int
     pick = alt.param(name="heat_layer", value=shown,
                      bind=alt.binding_select(options=list(layers), labels=[layer_name(l) for l in layers],
                                              name="layer: "))
-    chart = alt.Chart(alt.InlineData(values=rows)).mark_rect().encode(
+    y = alt.Y("phone:N", sort=alt.EncodingSortField("phone_rank", op="min"), title="phone (by class, frequency)")
+    height = max(150, min(1100, 12 * n_phones))
+    present = [c for c in CLASSES if c in {r["phone_class"] for r in rows}]
+    strip = alt.Chart().mark_rect().encode(
+        y=y.axis(None), x=alt.value(0), x2=alt.value(10),
+        color=alt.Color("phone_class:N", title="phone class",
+                        scale=alt.Scale(domain=present, range=[CLASS_COLOURS[c] for c in present])),
+        tooltip=["phone:N", "phone_class:N", "phone_frames:Q"],
+    ).transform_filter("datum.layer == heat_layer").properties(width=10, height=height)
+    heat = alt.Chart().mark_rect().encode(
         x=alt.X("cluster:N", sort=alt.EncodingSortField("cluster_rank", op="min"), title="cluster (by majority phone)"),
-        y=alt.Y("phone:N", sort=alt.EncodingSortField("phone_rank", op="min"), title="phone (by class, frequency)"),
-        color=alt.Color("share_of_phone:Q", title="share of phone", scale=alt.Scale(scheme="blues", domain=[0, 1])),
+        y=y,
+        color=alt.Color("share_of_phone:Q", title="share of the phone's frames",
+                        scale=alt.Scale(domain=[0, 1], range=["#ffffff", "#08306b"]),
+                        legend=alt.Legend(orient="top", direction="horizontal", gradientLength=160)),
         tooltip=["phone:N", "phone_class:N", "cluster:N", "n_frames:Q",
                  alt.Tooltip("share_of_phone:Q", format=".3f"), alt.Tooltip("share_of_cluster:Q", format=".3f"),
                  "majority_phone:N", "cluster_frames:Q"],
     ).add_params(pick).transform_filter("datum.layer == heat_layer").properties(
-        width=max(200, min(900, 14 * k)), height=max(150, min(1100, 12 * n_phones)),
-        title=f"{run}: phone × cluster (k = {k}), rows sum to 1")
+        width=max(200, min(900, 14 * k)), height=height)
+    chart = alt.HConcatChart(hconcat=[heat, strip], data=alt.InlineData(values=rows), spacing=2).resolve_scale(
+        color="independent").properties(title=f"{run}: phone × cluster (k = {k}), rows sum to 1")
     return Figure(_safe(f"contingency_{run}_k{k}"), f"Phone × cluster: {run}", chart, "report_contingency", params,
                   data, caption="Each row is one phone's frames spread over the clusters (white: none). "
                                 "Use the menu under the chart to switch layers.")
