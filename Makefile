@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUN    ?= demo
 WH     ?= storage
 
-.PHONY: install extract analyze report all test test-fast bench clean
+.PHONY: install extract analyze reduce report all test test-fast bench clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,15 @@ extract: install  ## the main job: embedded corpus through the embedded model in
 
 analyze: install
 	$(PY) -m pipeline analyze --run $(RUN) --warehouse $(WH)
+
+report: install  ## storage/report/index.html (+ png/): computes missing reductions itself
+	$(PY) -m pipeline report --runs $(RUN) --warehouse $(WH) --out $(WH)/report
+
+all: install  ## extract → analyze → reduce → report on the embedded default
+	$(PY) -m pipeline extract --run $(RUN) --warehouse $(WH)
+	$(PY) -m pipeline analyze --run $(RUN) --warehouse $(WH)
+	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --methods pca
+	$(PY) -m pipeline report --runs $(RUN) --warehouse $(WH) --out $(WH)/report
 
 test: install  ## every test, slow ones included (what CI runs)
 	$(PY) -m pytest

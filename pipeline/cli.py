@@ -17,6 +17,8 @@ EXAMPLES = {
     "--model facebook/wav2vec2-base --run timit-base",
     "sql": "python -m pipeline sql phone_counts --param run=demo --format csv",
     "analyze": "python -m pipeline analyze --run demo --k 50",
+    "reduce": "python -m pipeline reduce --run demo --layers=-1,2,4 --methods pca,tsne,umap --n 5000",
+    "report": "python -m pipeline report --runs demo --out storage/report",
     "score": "python -m pipeline score frames.parquet --labels label_id --clusters kmeans_fine_pca",
 }
 
@@ -84,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     _common(p)
 
+    p = command("reduce", "2-D PCA (fitted on every frame, streamed), t-SNE and UMAP (balanced sample) per layer")
+    p.add_argument("--run", required=True)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--methods", default="pca", help="comma list of pca, tsne, umap")
+    p.add_argument("--n", type=int, default=5000, help="frames in the map (a balanced sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tier", default="phone", choices=["phone", "word"])
+    p.add_argument("--pca-dims", type=int, default=50, help="PCA pre-reduction before t-SNE/UMAP")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--n-neighbors", type=int, default=15)
+    p.add_argument("--min-dist", type=float, default=0.1)
+    _common(p)
+
+    p = command("report", "one self-contained HTML report (+ PNGs) of one or more runs")
+    p.add_argument("--runs", required=True, help="A or A,B")
+    p.add_argument("--out", default="storage/report")
+    p.add_argument("--k", type=int, help="clustering to show (default: the largest k analysed)")
+    p.add_argument("--methods", default="pca,tsne,umap")
+    p.add_argument("--map-points", type=int, default=2000)
+    p.add_argument("--top-n", type=int, default=15, help="phones coloured by name; the rest are 'other'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tier", default="phone", choices=["phone", "word"])
+    p.add_argument("--recompute", action="store_true", help="recompute reductions that already exist")
+    p.add_argument("--no-png", dest="png", action="store_false")
+    _common(p)
+
     p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
     p.add_argument("query")
     p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
@@ -100,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score}
+    handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
+                "reduce": _reduce, "report": _report}
     return handlers[args.command](args)
 
 
@@ -149,6 +178,29 @@ def _analyze(args) -> int:
     shown = ["layer", "ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette",
              "ami_shuffled_sample", "kmeans_train_points"]
     _print(pa.Table.from_pylist([{k: r[k] for k in shown} for r in rows]), "table")
+    return 0
+
+
+def _reduce(args) -> int:
+    from pipeline.reduce import reduce_many
+
+    keys = ["run", "layers", "methods", "warehouse", "n", "seed", "tier", "pca_dims", "perplexity", "n_neighbors",
+            "min_dist"]
+    params = {k: getattr(args, k) for k in keys}
+    _log_config("reduce", params)
+    for info in reduce_many(**params):
+        print(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, default=str))
+    return 0
+
+
+def _report(args) -> int:
+    from pipeline.report import build_report
+
+    params = {"runs": args.runs, "warehouse": args.warehouse, "out": args.out, "k": args.k,
+              "methods": tuple(m for m in args.methods.split(",") if m), "map_points": args.map_points,
+              "top_n": args.top_n, "seed": args.seed, "tier": args.tier, "recompute": args.recompute, "png": args.png}
+    _log_config("report", params)
+    print(f"report: {build_report(**params)}")
     return 0
 
 
