@@ -81,12 +81,13 @@ def majority_from_counts(counts: np.ndarray, names: np.ndarray) -> list[dict]:
     return out
 
 
-def layer_files(wh: Warehouse, run: str, layer: int) -> list[str]:
+def layer_files(wh: Warehouse, run: str, layer: int, committed: list[str] | None = None) -> list[str]:
+    """The committed frames files of one layer (pass `committed` to reuse one read of the log)."""
     prefix = f"frames/run={run}/layer={layer}/"
-    return [p for p in wh.committed_files("frames", run) if p.startswith(prefix)]
+    return [p for p in (committed if committed is not None else wh.committed_files("frames", run)) if p.startswith(prefix)]
 
 
-def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con) -> dict[str, float]:
+def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con, committed: list[str] | None = None) -> dict[str, float]:
     t0 = time.perf_counter()
     sample = query(wh.root, "balanced_sample", {"run": cfg.run, "layer": layer, "per_label": cfg.sample_per_label,
                                                 "seed": cfg.seed, "tier": cfg.tier}, con=con)
@@ -99,15 +100,20 @@ def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con) -> dict[st
     files = []
     sizes = np.zeros(cfg.k, np.int64)
     column = cfg.tier
-    for path in layer_files(wh, cfg.run, layer):
+    for path in layer_files(wh, cfg.run, layer, committed):
         parts = []
         for batch in pq.ParquetFile(wh.root / path).iter_batches(
             batch_size=cfg.batch_frames, columns=["utterance_id", "frame", column, "vector"]
         ):
             cluster, dist = assign(vectors(batch.column("vector")), km.centroids)
             sizes += np.bincount(cluster, minlength=cfg.k)
-            labels = batch.column(column).to_pylist()
-            codes = np.array([label_index.setdefault(lab, len(label_index)) if lab is not None else -1 for lab in labels])
+            encoded = batch.column(column).dictionary_encode()
+            local = np.array([label_index.setdefault(lab, len(label_index)) for lab in encoded.dictionary.to_pylist()],
+                             dtype=np.int64)
+            indices = encoded.indices.to_numpy(zero_copy_only=False)  # float with NaN where the label is null
+            valid = encoded.indices.is_valid().to_numpy(zero_copy_only=False)
+            codes = np.full(len(batch), -1, np.int64)
+            codes[valid] = local[indices[valid].astype(np.int64)]
             if len(label_index) > counts.shape[0]:
                 counts = np.vstack([counts, np.zeros((len(label_index) - counts.shape[0], cfg.k), np.int64)])
             keep = codes >= 0
@@ -170,7 +176,8 @@ def analyze(cfg: AnalyzeConfig) -> list[dict]:
     if cfg.tier not in ("phone", "word"):
         raise ValueError(f"--tier must be 'phone' or 'word' (the label columns of frames), got {cfg.tier!r}")
     con = wh.connect()
+    committed = wh.committed_files("frames", cfg.run)
     rows = []
     for layer in wanted:
-        rows.append({"layer": layer, **analyze_layer(wh, cfg, layer, con)})
+        rows.append({"layer": layer, **analyze_layer(wh, cfg, layer, con, committed)})
     return rows

@@ -193,14 +193,18 @@ def _is_metadata(key: str, value, audio_column: str, id_columns: list[str]) -> b
 # --------------------------------------------------------------------------- folders
 
 
-def _stems(root: Path, suffixes: set[str]) -> dict[str, Path]:
-    """Relative path without extension ('/'-separated) → file, for files with these suffixes."""
+def _stems(root: Path, groups: dict[str, set[str]]) -> dict[str, dict[str, Path]]:
+    """One walk of the tree: per group, relative path without extension ('/'-separated) → file,
+    for the files whose suffix is in that group's set."""
     if not root.is_dir():
         raise FileNotFoundError(f"corpus folder {root} does not exist")
-    out = {}
+    out: dict[str, dict[str, Path]] = {name: {} for name in groups}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
-            out[path.relative_to(root).with_suffix("").as_posix()] = path
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        for name, suffixes in groups.items():
+            if path.suffix.lower() in suffixes:
+                out[name][path.relative_to(root).with_suffix("").as_posix()] = path
     return out
 
 
@@ -209,8 +213,8 @@ def _timit_items(root: Path) -> Iterator[SourceItem]:
 
     `.PHN` is required (missing → `missing_alignment`); `.WRD` and `.TXT` are used when present.
     A `.PHN` without audio is listed too, as `missing_audio`."""
-    audio = _stems(root, {".wav"})
-    phn, wrd, txt = (_stems(root, {s}) for s in (".phn", ".wrd", ".txt"))
+    found = _stems(root, {"audio": {".wav"}, "phn": {".phn"}, "wrd": {".wrd"}, "txt": {".txt"}})
+    audio, phn, wrd, txt = found["audio"], found["phn"], found["wrd"], found["txt"]
     for uid in sorted(audio.keys() | phn.keys()):
         parts = uid.split("/")
         speaker = parts[-2] if len(parts) >= 2 else None
@@ -263,8 +267,8 @@ LIBRISPEECH_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 def _textgrid_items(root: Path) -> Iterator[SourceItem]:
     """utterance_id = file stem; speaker from a LibriSpeech-style name (`84-121123-0001` → `84`),
     else the parent folder's name."""
-    audio = _stems(root, AUDIO_SUFFIXES)
-    grids = _stems(root, {".textgrid"})
+    found = _stems(root, {"audio": AUDIO_SUFFIXES, "grids": {".textgrid"}})
+    audio, grids = found["audio"], found["grids"]
     by_stem: dict[str, tuple[Path | None, Path | None]] = {}
     for rel in sorted(audio.keys() | grids.keys()):
         stem = rel.rsplit("/", 1)[-1]
