@@ -3,6 +3,7 @@
 Layout under the root (default `storage/`):
 
     <table>/run=<run>/[layer=<layer>/]part-<shard>.parquet   data, named by (run, layer, shard)
+    segments/run=<run>/ctc_greedy-<shard>.parquet             a second writer of a table: its own file_prefix
     _runs/<run>.json                                          the run's facts, written once
     _commits/run=<run>/<stage>.rank<r>.jsonl                  one line per committed shard
     _tmp/                                                     files being written (outside globs)
@@ -31,6 +32,7 @@ from pipeline import __version__
 from pipeline.schemas import SCHEMA_VERSION, TABLES, empty_view_schema
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+FILE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,59}$")
 ZSTD_LEVEL = 3  # zstd gains ~7 % on float16 vectors; higher levels cost time for little more
 
 
@@ -88,20 +90,27 @@ class Warehouse:
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- paths
-    def table_path(self, table: str, run: str, shard: int, **partitions: Any) -> Path:
+    def table_path(self, table: str, run: str, shard: int, file_prefix: str = "part", **partitions: Any) -> Path:
+        """`<table>/run=<run>/[k=v/...]<file_prefix>-<shard>.parquet`. Two writers of one table and shard
+        (extract's corpus segments, the CTC labels) keep apart by their `file_prefix`."""
+        if not FILE_PREFIX.match(file_prefix):
+            raise ValueError(f"file_prefix {file_prefix!r} is not usable in a file name: use letters, digits, '_', "
+                             "'.', '-' (at most 60 characters, starting with a letter or digit)")
         parts = [f"run={check_run_name(run)}"] + [f"{k}={v}" for k, v in partitions.items()]
-        return self.root.joinpath(table, *parts, f"part-{shard:05d}.parquet")
+        return self.root.joinpath(table, *parts, f"{file_prefix}-{shard:05d}.parquet")
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
     # ---------------------------------------------------------------- writing
-    def write(self, table: str, data: pa.Table, run: str, shard: int, **partitions: Any) -> FileRecord:
+    def write(self, table: str, data: pa.Table, run: str, shard: int, file_prefix: str = "part",
+              **partitions: Any) -> FileRecord:
         """Write one shard file atomically: temp name outside the table's glob, fsync, rename."""
-        final = self.table_path(table, run, shard, **partitions)
+        final = self.table_path(table, run, shard, file_prefix, **partitions)
         tmp_dir = self.root / "_tmp"
         tmp_dir.mkdir(exist_ok=True)
-        tmp = tmp_dir / f"{table}.{run}.{'.'.join(map(str, partitions.values()))}.{shard}.{os.getpid()}.tmp"
+        tmp = tmp_dir / (f"{table}.{run}.{'.'.join(map(str, partitions.values()))}.{file_prefix}.{shard}."
+                         f"{os.getpid()}.tmp")
         pq.write_table(
             data,
             tmp,

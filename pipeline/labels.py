@@ -1,0 +1,251 @@
+"""Stage: CTC labels of a run's utterances as segment tiers (greedy frame labels or forced alignment).
+
+    python -m pipeline labels --run NAME --model CTC_ID_OR_PATH [--source greedy|forced] [--warehouse DIR] [--device auto|cpu|cuda]
+
+Reopens the corpus the run was made from (the source spec in `_runs/<run>.json`), decodes each
+shard the run committed, runs a `…ForCTC` checkpoint on every kept utterance (one at a time, so no
+padding; recordings over 30 s in windows with 2 s of context) and writes `segments` rows:
+
+- `--source greedy`: tier and source `ctc_greedy`, the argmax token of every frame, runs of one
+  token merged, the blank named `<blank>`;
+- `--source forced`: the utterance's `text`, normalised to the model's vocabulary, CTC-Viterbi
+  aligned: tier `ctc_char` (one interval per token, word delimiter `|` included) and `ctc_word`,
+  source `ctc_forced`. An utterance whose transcript is missing, empty after normalisation or too
+  long for its frames gets no rows; the shard's commit record lists it with the reason.
+
+Frame t is the interval of one hop around its centre (`pipeline.ctc.frame_bounds_s`); the model's
+frame geometry must equal the run's. Files are `segments/run=<run>/ctc_greedy-<shard>.parquet`
+(or `ctc_forced-`), committed per shard under stage `labels.ctc_greedy` / `labels.ctc_forced`:
+a rerun with the same model skips committed shards, one with another model rewrites them; the
+corpus's own segment files are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import ctc, schemas
+from pipeline.geometry import FrameGeometry
+from pipeline.ingest import Prepared, iter_shards, prepare_shard
+from pipeline.records import Segment
+from pipeline.sources import SourceSpec
+from pipeline.warehouse import Warehouse, fingerprint
+
+log = logging.getLogger(__name__)
+
+SOURCES = {"greedy": ctc.TIER_GREEDY, "forced": ctc.SOURCE_FORCED}
+CORPUS_STAGES = ("extract", "ingest")
+MAX_CHUNK_S = 30.0  # longer recordings run in windows (attention memory grows with the square of frames)
+CONTEXT_S = 2.0
+
+
+@dataclass
+class CtcModel:
+    """A `…ForCTC` model in eval mode with its vocabulary and the facts a labels commit records."""
+
+    model: Any
+    geometry: FrameGeometry
+    do_normalize: bool
+    blank: int
+    id_to_token: dict[int, str]
+    delimiter: str | None  # word delimiter token (`|`), None when the vocabulary has none
+    model_id: str
+    revision: str
+    config_fingerprint: str
+    device: Any
+
+    def facts(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "revision": self.revision, "config_fingerprint": self.config_fingerprint,
+                "blank": self.blank, "do_normalize": self.do_normalize, **self.geometry.as_dict()}
+
+
+@dataclass
+class LabelCounts:
+    shards: int = 0
+    skipped_shards: int = 0
+    utterances: int = 0
+    segments: int = 0
+    unlabelled: dict[str, str] = field(default_factory=dict)  # utterance → why it has no rows
+    dropped: Counter = field(default_factory=Counter)  # transcript characters outside the vocabulary
+    wall_s: float = 0.0
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{c!r}×{n}" for c, n in self.dropped.most_common(20)) or "none"
+        return (f"done: {self.segments} segments for {self.utterances} utterances in {self.shards} shards "
+                f"({self.skipped_shards} already committed), {len(self.unlabelled)} without labels; "
+                f"characters dropped from transcripts: {dropped}; {self.wall_s:.1f} s")
+
+
+def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto") -> CtcModel:
+    """A wav2vec2-family `…ForCTC` checkpoint with its tokenizer; never `trust_remote_code`."""
+    from transformers import AutoConfig, AutoModelForCTC, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from pipeline import model as M
+
+    hf_logging.disable_progress_bar()
+    model_id = str(id_or_path)
+    config = AutoConfig.from_pretrained(id_or_path, trust_remote_code=False)
+    if config.model_type not in M.SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
+                         f"expected one of {M.SUPPORTED_MODEL_TYPES}")
+    if getattr(config, "add_adapter", False):
+        raise ValueError(f"{model_id}: the CTC head reads an adapter's output (add_adapter), whose frames are not "
+                         "the conv encoder's; its labels would not line up with the run's frames")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(id_or_path, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{model_id}: no CTC tokenizer (vocab.json) next to the model ({err}); labels needs a "
+                         "fine-tuned CTC checkpoint such as facebook/wav2vec2-base-960h") from None
+    model, info = AutoModelForCTC.from_pretrained(id_or_path, config=config, trust_remote_code=False,
+                                                  output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if "lm_head" in k]
+    if missing:
+        raise ValueError(f"{model_id}: the checkpoint has no CTC head ({', '.join(sorted(missing))} missing); "
+                         "transformers would initialise it at random. Use a fine-tuned CTC checkpoint")
+    dev = M._resolve_device(device)
+    model.float().eval().requires_grad_(False).to(dev)
+    do_normalize, _, rate_hz = M._feature_extractor_facts(id_or_path, config)
+    if rate_hz != 16_000:
+        raise ValueError(f"{model_id}: feature extractor expects {rate_hz} Hz, the pipeline feeds 16000 Hz")
+    blank = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
+    id_to_token = {int(i): tok for tok, i in tokenizer.get_vocab().items()}
+    return CtcModel(model=model, geometry=FrameGeometry.from_config(config, rate_hz), do_normalize=do_normalize,
+                    blank=int(blank if blank is not None else 0), id_to_token=id_to_token,
+                    delimiter=getattr(tokenizer, "word_delimiter_token", None), model_id=model_id,
+                    revision=M._revision(id_or_path), config_fingerprint=M.config_fingerprint(config), device=dev)
+
+
+def log_probs(cm: CtcModel, wave: np.ndarray, max_chunk_s: float | None = MAX_CHUNK_S,
+              context_s: float = CONTEXT_S) -> np.ndarray:
+    """Log-probs [n_frames, V] (float32) of one 16 kHz waveform: the model's own forward, alone.
+
+    Normalised over the whole utterance first (when the model wants it); a waveform over
+    `max_chunk_s` runs in windows with `context_s` each side, central frames kept (an
+    approximation: attention and group-norm statistics see only the window).
+    """
+    import torch
+
+    from pipeline import model as M
+
+    n_frames = cm.geometry.n_frames(len(wave))
+    w = M.normalize_waveform(wave) if cm.do_normalize else np.ascontiguousarray(wave, dtype=np.float32)
+    out = np.empty((n_frames, cm.model.config.vocab_size), np.float32)
+    for win in M.chunk_windows(len(w), cm.geometry, max_chunk_s, context_s):
+        x = torch.from_numpy(w[win.start_sample:win.start_sample + win.n_samples])[None].to(cm.device)
+        with torch.inference_mode():
+            logits = cm.model(x).logits[0].float()
+        if logits.shape[0] != cm.geometry.n_frames(win.n_samples):
+            raise RuntimeError(f"{cm.model_id}: {logits.shape[0]} logit frames for {win.n_samples} samples, the conv "
+                               f"geometry gives {cm.geometry.n_frames(win.n_samples)}")
+        rows = slice(win.first_frame + win.keep_start, win.first_frame + win.keep_stop)
+        out[rows] = torch.log_softmax(logits, dim=-1)[win.keep_start:win.keep_stop].cpu().numpy()
+    return out
+
+
+def forced_segments(cm: CtcModel, lp: np.ndarray, text: str | None, utterance_id: str) -> tuple[list[Segment], Counter]:
+    """`ctc_char` and `ctc_word` intervals of a transcript; ValueError naming the utterance when it cannot align."""
+    if not text:
+        raise ValueError(f"utterance {utterance_id!r}: no transcript to align")
+    # tokens the head can emit (tokenizers add `<s>`, `</s>` past the head's size), blank excluded
+    vocab = {i: tok for i, tok in cm.id_to_token.items() if i < lp.shape[1] and i != cm.blank}
+    tokens, dropped = ctc.text_to_tokens(text, list(vocab.values()), cm.delimiter)
+    if not tokens:
+        raise ValueError(f"utterance {utterance_id!r}: no character of {text!r} is in the model's vocabulary")
+    token_to_id = {tok: i for i, tok in sorted(vocab.items(), reverse=True)}  # lowest id wins
+    alignment = ctc.forced_align(lp, [token_to_id[t] for t in tokens], cm.blank, utterance_id)
+    chars = ctc.char_segments(alignment, tokens, cm.geometry)
+    return chars + ctc.word_segments(chars, [cm.delimiter] if cm.delimiter else ()), dropped
+
+
+def labels(run: str, model: str, warehouse: str = "storage", source: str = "greedy", device: str = "auto",
+           max_chunk_s: float | None = MAX_CHUNK_S, context_s: float = CONTEXT_S) -> LabelCounts:
+    """Write CTC label tiers for every kept utterance of `run` into its `segments` table."""
+    started = time.perf_counter()
+    if source not in SOURCES:
+        raise ValueError(f"--source must be one of {sorted(SOURCES)}, got {source!r}")
+    wh = Warehouse(warehouse)
+    facts = wh.read_facts(run)
+    if facts is None:
+        raise ValueError(f"run {run!r} has no facts in {wh.root}: extract (or ingest) it first; known runs: "
+                         f"{', '.join(wh.runs()) or 'none'}")
+    cm = load_ctc_model(model, device)
+    recorded = facts.get("geometry")
+    if recorded is not None and recorded != cm.geometry.as_dict():
+        raise ValueError(f"{model}: frame geometry {cm.geometry.as_dict()} differs from run {run!r}'s {recorded}; "
+                         "its frames would not be the run's frames. Use a checkpoint with the same conv stack")
+    name = SOURCES[source]
+    stage = f"labels.{name}"
+    params_sha = fingerprint({"model": cm.facts(), "source": source, "max_chunk_s": max_chunk_s,
+                              "context_s": context_s})
+    corpus_shards = {shard for (_, st, shard) in wh.commits(run) if st in CORPUS_STAGES}
+    done = {shard for (_, _, shard), rec in wh.commits(run, stage).items() if rec.get("params_sha256") == params_sha}
+    todo = corpus_shards - done
+    counts = LabelCounts(skipped_shards=len(corpus_shards & done))
+    if not todo:
+        counts.wall_s = time.perf_counter() - started
+        return counts
+    kept = _kept_utterances(wh, run)
+    spec = SourceSpec(**facts["source"])
+    skip = frozenset(set(range(max(todo) + 1)) - todo)
+    for shard, items in iter_shards(spec, int(facts["shard_size"]), skip=skip):
+        if shard > max(todo):
+            break
+        prepared, _ = prepare_shard(items, stage, cm.geometry.receptive_field_samples)
+        rows, unlabelled, dropped = _label_shard(cm, prepared, kept, source, run, max_chunk_s, context_s)
+        counts.utterances += len({r["utterance_id"] for r in rows})
+        table = pa.Table.from_pylist(rows, schema=schemas.SEGMENTS)
+        record = wh.write("segments", table, run, shard, file_prefix=name)
+        wh.commit(run, stage, shard, [record], params_sha256=params_sha, model=cm.facts(), items=len(items),
+                  unlabelled=unlabelled, dropped=dict(dropped))
+        counts.shards += 1
+        counts.segments += table.num_rows
+        counts.unlabelled.update(unlabelled)
+        counts.dropped.update(dropped)
+    counts.wall_s = time.perf_counter() - started
+    return counts
+
+
+def _label_shard(cm: CtcModel, prepared: list[Prepared], kept: dict[str, tuple[int, str | None]], source: str, run: str,
+                 max_chunk_s: float | None, context_s: float) -> tuple[list[dict], dict[str, str], Counter]:
+    """Segment rows of one shard's kept utterances (sorted by id), the unlabelled ones with why, dropped chars."""
+    rows: list[dict] = []
+    unlabelled: dict[str, str] = {}
+    dropped: Counter = Counter()
+    for p in sorted((p for p in prepared if p.utterance.utterance_id in kept), key=lambda p: p.utterance.utterance_id):
+        uid = p.utterance.utterance_id
+        n_samples, text = kept[uid]
+        if n_samples != len(p.wave):
+            raise ValueError(f"utterance {uid!r} of run {run!r} has {len(p.wave)} samples now, {n_samples} when "
+                             "the run was made: the corpus changed; make a new run")
+        lp = log_probs(cm, p.wave, max_chunk_s, context_s)
+        if source == "greedy":
+            segments = ctc.greedy_segments(lp, cm.id_to_token, cm.blank, cm.geometry)
+        else:
+            try:
+                segments, lost = forced_segments(cm, lp, text, uid)
+            except ValueError as err:
+                log.warning("%s", err)
+                unlabelled[uid] = str(err)
+                continue
+            dropped.update(lost)
+        rows += [{"utterance_id": uid, **s.__dict__} for s in segments]
+    return rows, unlabelled, dropped
+
+
+def _kept_utterances(wh: Warehouse, run: str) -> dict[str, tuple[int, str | None]]:
+    """utterance_id → (n_samples, text) of every committed utterance of the run."""
+    out: dict[str, tuple[int, str | None]] = {}
+    for path in wh.committed_files("utterances", run):
+        t = pq.read_table(wh.root / path, columns=["utterance_id", "n_samples", "text"]).to_pydict()
+        out.update(zip(t["utterance_id"], zip(t["n_samples"], t["text"])))
+    return out
