@@ -76,6 +76,8 @@ class Plan:
     kmeans_k: int
     assign_points: int
     disk_utterances: int  # one shard at the pipeline's default shard size (64)
+    analyze_utterances: int  # analyze_memory: one shard (64 in full mode); the longer run is it ten times over
+    reduce_points: int  # t-SNE / UMAP map size (the target names 50,000)
 
 
 PLANS = {
@@ -88,14 +90,14 @@ PLANS = {
                  "extract_base": ExtractCase("base", 24, 6, "all")},  # ~50 s of audio, 4 shards
         memory_utterances=6, memory_shard_size=2,  # 3 shards (~12 s); x10: 30 shards (~118 s)
         kmeans_points=10_000, kmeans_dim=768, kmeans_k=100, assign_points=200_000,
-        disk_utterances=64),
+        disk_utterances=64, analyze_utterances=64, reduce_points=50_000),
     "quick": Plan(
         repeats=3,
         extract={"extract_default": ExtractCase("default", 8, 4, "all"),
                  "extract_base": ExtractCase("base", 3, 1, "all")},
         memory_utterances=3, memory_shard_size=1,
         kmeans_points=2_000, kmeans_dim=256, kmeans_k=100, assign_points=50_000,  # D of the default model
-        disk_utterances=16),
+        disk_utterances=16, analyze_utterances=32, reduce_points=5_000),
 }
 
 
@@ -760,10 +762,87 @@ def _assign_rates(km, k: int, d: int, plan: Plan) -> dict:
                                                    "exact_distances": t_exact / total}}
 
 
-# ---------------------------------------------------------------- reductions (slot)
-# t-SNE / UMAP timings go here: register e.g. `@benchmark("reduce_umap")` functions that take
-# `mixture(n, d)` (or frames read back from ctx.warehouse) and return {"summary", "checks", ...} like the
-# ones above; they then run in `make bench` and can be selected with `--only`.
+# ---------------------------------------------------------------- analyze: peak memory
+
+
+@benchmark("analyze_memory")
+def analyze_memory(ctx: Context) -> dict:
+    """Peak RSS of `python -m pipeline analyze` on a run and on a run ten times longer, with the same
+    k-means sample (sample_per_label small enough that the shorter run already fills it), so the
+    only difference is the number of frames streamed through the centroids."""
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.model import default_model_path, ensure_default_model
+
+    plan = ctx.plan
+    wh = ctx.warehouse
+    ensure_default_model(default_model_path(wh / "_models"))
+    out, frames = {}, {}
+    for label, times in (("1x", 1), ("10x", 10)):
+        corpus, _ = ctx.corpus(plan.analyze_utterances, times=times)
+        run = f"analyze_mem_{label}"
+        counts = extract(ExtractConfig(run=run, format="hf", corpus=str(corpus), layers=ANALYZE_LAYERS,
+                                       warehouse=str(wh), overwrite=True, progress=False))
+        frames[label] = counts.frames // len(ANALYZE_LAYERS.split(","))
+        args = ["analyze", "--run", run, "--warehouse", str(wh), "--k", str(ANALYZE_K),
+                "--sample-per-label", str(ANALYZE_SAMPLE_PER_LABEL), "--batch-frames", str(ANALYZE_BATCH_FRAMES)]
+        out[label] = {"frames_per_layer": frames[label], **_peak_rss(args, ctx.tmp / f"{run}.log")}
+    ratio = out["10x"]["peak_rss_mb"] / out["1x"]["peak_rss_mb"]
+    result = {"layers": ANALYZE_LAYERS, "k": ANALYZE_K, "sample_per_label": ANALYZE_SAMPLE_PER_LABEL,
+              "batch_frames": ANALYZE_BATCH_FRAMES, "runs": out, "ratio_10x_to_1x": ratio,
+              "checks": [check("analyze peak RSS, 10x frames / 1x frames", ratio, "<=", 1.1)]}
+    result["summary"] = [
+        f"python -m pipeline analyze, default model, layers {ANALYZE_LAYERS}, k = {ANALYZE_K}, "
+        f"{ANALYZE_SAMPLE_PER_LABEL} frames per phone in the k-means sample, batches of {ANALYZE_BATCH_FRAMES} frames",
+        *(f"  {k:4s} {v['frames_per_layer']:8,d} frames per layer  peak RSS {v['peak_rss_mb']:7.1f} MB  "
+          f"(polled max: first half {v['polled_max_rss_mb_first_half']:.0f} MB, second half "
+          f"{v['polled_max_rss_mb_second_half']:.0f} MB)  {v['wall_s']:.1f} s" for k, v in out.items()),
+        f"  10x / 1x = {ratio:.3f}",
+        *map(check_line, result["checks"]),
+    ]
+    return result
+
+
+ANALYZE_LAYERS = "-1,4"
+ANALYZE_K = 20
+ANALYZE_SAMPLE_PER_LABEL = 10  # every phone of the 1x run has >= 10 frames, so both samples are equal
+ANALYZE_BATCH_FRAMES = 4_096  # small batches: the 1x run already streams several
+
+
+# ---------------------------------------------------------------- reductions
+
+
+@benchmark("reduce")
+def reduce_maps(ctx: Context) -> dict:
+    """t-SNE (openTSNE, as `reduce` runs it) and UMAP of n frame-like vectors after the PCA to 50
+    dimensions that `reduce` applies, against scikit-learn's Barnes-Hut t-SNE on the same 50-d data."""
+    import sklearn
+    from sklearn.manifold import TSNE
+
+    from pipeline.reduce import StreamingPCA, _tsne, _umap
+
+    n, d = ctx.plan.reduce_points, 256  # d of the default model's layers
+    x = mixture(n, d, seed=3)
+    t_pca, _, pca = timed(lambda: StreamingPCA(50).partial_fit(x).finish())
+    z = pca.transform(x).astype(np.float32)
+    t_open, c_open, (_, open_info) = timed(_tsne, z, 30.0, 0)
+    timed(_umap, z[:200], 15, 0.1, 0)  # numba compiles UMAP's kernels on first use: not part of the timing
+    t_umap, c_umap, _ = timed(_umap, z, 15, 0.1, 0)
+    t_sk, c_sk, _ = timed(lambda: TSNE(n_components=2, perplexity=30.0, init="pca", learning_rate="auto",
+                                      method="barnes_hut", random_state=0).fit_transform(z))
+    result = {"data": f"Gaussian mixture, {n} x {d} (400 uneven components; seed 3) -> PCA 50",
+              "points": n, "pca_s": t_pca,
+              "tsne_opentsne": {"wall_s": t_open, "cpu_s": c_open, **open_info},
+              "umap": {"wall_s": t_umap, "cpu_s": c_umap, "n_neighbors": 15, "min_dist": 0.1},
+              "tsne_sklearn": {"wall_s": t_sk, "cpu_s": c_sk, "impl": f"scikit-learn {sklearn.__version__} barnes_hut"},
+              "ratio_sklearn_to_opentsne": t_sk / t_open, "ratio_sklearn_to_umap": t_sk / t_umap,
+              "checks": []}
+    result["summary"] = [
+        result["data"],
+        f"  t-SNE, openTSNE (reduce's): {t_open:.1f} s   UMAP: {t_umap:.1f} s (after numba's compile)   "
+        f"t-SNE, scikit-learn Barnes-Hut: {t_sk:.1f} s",
+        f"  scikit-learn t-SNE / openTSNE = {t_sk / t_open:.1f}x; scikit-learn t-SNE / UMAP = {t_sk / t_umap:.1f}x",
+    ]
+    return result
 
 
 # ---------------------------------------------------------------- machine, results, CLI

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-iter", type=int, default=50)
     p.add_argument("--no-silence", action="store_true", help="also score without silence labels (sil, h#, pau, …)")
+    p.add_argument("--batch-frames", type=int, default=65_536, help="frames per assignment batch (bounds memory)")
     _common(p)
 
     p = command("score", "clustering metrics for any two columns of a Parquet file or warehouse view")
