@@ -44,6 +44,9 @@ EMPTY_VIEWS = {
                 "k bigint",
     "metrics": "metric varchar, value double, n bigint, run varchar, layer bigint, k bigint, tier varchar, "
                "subset varchar",
+    "cka": "layer bigint, other_layer bigint, value double, value_debiased double, n bigint, run varchar, "
+           "other varchar",
+    "run_agreement": "layer bigint, k bigint, metric varchar, value double, n bigint, run varchar, other varchar",
 }
 
 
@@ -287,6 +290,62 @@ def contingency_heatmap(con, run: str, k: int, layers: Sequence[int], layer: int
     return Figure(_safe(f"contingency_{run}_k{k}"), f"Phone × cluster: {run}", chart, "report_contingency", params,
                   data, caption="Each row is one phone's frames spread over the clusters (white: none). "
                                 "Use the menu under the chart to switch layers.")
+
+
+# ------------------------------------------------------------------------------------------- model against model
+def cka_heatmap(con, run: str, other: str) -> Figure:
+    """Linear CKA of every layer of `run` (rows) × every layer of `other` (columns), value on each cell."""
+    params = {"run": run, "other": other}
+    data = query(None, "compare_cka", params, con=con)
+    rows = records(data)
+    n_a = len({r["layer"] for r in rows}) or 1
+    n_b = len({r["other_layer"] for r in rows}) or 1
+    cell = 34 if max(n_a, n_b) <= 14 else 24
+    base = alt.Chart().encode(
+        x=alt.X("other_layer:O", title=f"{other}: layer (-1 = CNN)", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("layer:O", title=f"{run}: layer (-1 = CNN)", sort="descending"),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color("value:Q", title="linear CKA", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
+                        legend=alt.Legend(orient="right", gradientLength=120)),
+        tooltip=[alt.Tooltip("layer:O", title=f"{run} layer"), alt.Tooltip("other_layer:O", title=f"{other} layer"),
+                 alt.Tooltip("value:Q", title="CKA (biased HSIC)", format=".4f"),
+                 alt.Tooltip("value_debiased:Q", title="CKA (debiased HSIC)", format=".4f"), "n:Q"],
+    )
+    text = base.mark_text(fontSize=9 if cell < 30 else 10).encode(
+        text=alt.Text("value:Q", format=".2f"),
+        color=alt.condition("datum.value > 0.6", alt.value("#111111"), alt.value("#ffffff")),
+    )
+    n = rows[0]["n"] if rows else 0
+    chart = alt.LayerChart(layer=[rect, text], data=alt.InlineData(values=rows)).properties(
+        width=cell * n_b, height=cell * n_a, title=f"Linear CKA: {run} × {other} ({n} frames)")
+    return Figure(_safe(f"cka_{run}_{other}"), f"Linear CKA: {run} × {other}", chart, "compare_cka", params, data,
+                  caption=f"Centred kernel alignment (linear kernel, biased HSIC estimator; the tooltip also gives "
+                          f"the debiased one) between every layer of {run} and every layer of {other} on the "
+                          f"same {n} frames: 1 = the same representation up to rotation and scale.")
+
+
+def agreement_curves(con, run: str, others: Sequence[str], metrics: Sequence[str] = ("ami", "nmi", "ari", "cka"),
+                     ) -> Figure:
+    """Per layer: how much `run` agrees with each other run (clusterings: AMI, NMI, ARI; same-layer CKA)."""
+    params = {"run": run, "others": ",".join(others), "metrics": ",".join(metrics)}
+    data = query(None, "compare_agreement", params, con=con)
+    rows = records(data)
+    ks = sorted({r["k"] for r in rows if r["k"] is not None})
+    present = [m for m in metrics if m in {r["metric"] for r in rows}]
+    chart = alt.Chart(alt.InlineData(values=rows)).mark_line(point=True).encode(
+        x=alt.X("layer:O", title="layer (-1 = CNN)", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("value:Q", title=f"agreement of {run} with the other run", scale=alt.Scale(domain=[0, 1], clamp=True)),
+        color=alt.Color("metric:N", sort=present, title="measure", scale=alt.Scale(scheme="tableau10")),
+        strokeDash=alt.StrokeDash("other:N", sort=list(others), title="other run"),
+        tooltip=["other:N", "layer:O", "metric:N", alt.Tooltip("value:Q", format=".4f"), "k:Q", "n:Q"],
+    ).properties(width=420, height=220, title=f"{run} against {', '.join(others)}, layer by layer")
+    clusters = (f"k-means clusters of the same layer in both runs (k = {', '.join(map(str, ks))}; AMI, NMI, ARI on "
+                "every frame both runs assigned)") if ks else "no clustering both runs share (run `analyze` on both)"
+    return Figure(_safe(f"agreement_{run}"), f"Agreement of {run} with {', '.join(others)}", chart,
+                  "compare_agreement", params, data,
+                  caption=f"Per layer: {clusters}; 'cka' is the linear CKA of that layer in both runs (the "
+                          "heatmap's diagonal).")
 
 
 def _safe(name: str) -> str:

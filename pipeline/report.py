@@ -8,6 +8,9 @@
 Missing reductions are computed first (`pipeline.reduce`): PCA for every layer, t-SNE and UMAP for
 three layers per run (the CNN output, the middle and the last layer). Reductions already committed
 are taken as they are (pass recompute=True to redo them with this report's n and seed).
+With two runs or more, the first is compared with each other one (`pipeline.compare`: linear CKA
+of every pair of layers, agreement of the clusterings) unless a comparison newer than both runs'
+frames and clusters is committed; the "Model against model" section shows it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Sequence
 import altair as alt
 
 from pipeline import charts
+from pipeline.compare import analysed, compare
 from pipeline.reduce import METHODS, reduce
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
@@ -73,14 +77,48 @@ def ensure_reductions(wh: Warehouse, runs: Sequence[str], plan: dict[str, dict[s
     return done
 
 
+def _comparison_is_current(wh: Warehouse, run: str, other: str, k: int | None) -> bool:
+    """A committed `compare` of (run, other) with this k, newer than both runs' frames and clusters."""
+    done = [rec for (_, stage, _), rec in wh.commits(run).items() if stage == f"compare.{other}"]
+    if not done or done[0].get("k") != k:
+        return False
+    inputs = [rec["time"] for r in {run, other} for (_, stage, _), rec in wh.commits(r).items()
+              if stage.startswith(("extract", "analyze."))]
+    return all(t <= done[0]["time"] for t in inputs)
+
+
+def ensure_comparisons(wh: Warehouse, runs: Sequence[str], n: int, seed: int, k: int | None = None,
+                       recompute: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """Compare the first run with each other run (`pipeline.compare`) unless a current comparison is
+    committed. k: the clustering to compare when both runs have it, else the largest k both have.
+    Returns the comparisons computed and, per other run that cannot be compared (no shared
+    utterances, other frame geometry), the reason."""
+    done, refused = [], {}
+    for other in runs[1:]:
+        ks = set(analysed(wh, runs[0])) & set(analysed(wh, other))
+        pair_k = k if k in ks else max(ks, default=None)
+        if not recompute and _comparison_is_current(wh, runs[0], other, pair_k):
+            continue
+        try:
+            info = compare((runs[0], other), warehouse=str(wh.root), n=n, seed=seed, k=pair_k)
+        except ValueError as err:
+            log.warning("not comparing %s with %s: %s", runs[0], other, err)
+            refused[other] = str(err)
+            continue
+        done.append({key: info[key] for key in ("run", "other", "frames", "k", "total_s")})
+    return done, refused
+
+
 def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str = "storage/report",
                  k: int | None = None, methods: Sequence[str] = METHODS, map_points: int = 2000,
                  top_n: int = 15, seed: int = 0, tier: str = "phone", recompute: bool = False,
-                 png: bool = True) -> Path:
+                 png: bool = True, compare_n: int = 5000) -> Path:
     """Build `<out>/index.html` (+ PNGs) for one or more runs; returns the HTML's path.
 
     k: the k-means run to show (default: the largest k analysed for every run).
     map_points: frames per map (the reductions' sample size when this computes them).
+    compare_n: frames in the CKA sample when this compares the first run with the others.
+    recompute: redo the reductions and comparisons even where committed ones exist.
     """
     t0 = time.perf_counter()
     runs = [runs] if isinstance(runs, str) else list(runs)
@@ -129,6 +167,20 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
         sections.append(Section("Runs side by side", figs,
                                 intro="The original's 'CNN | pre-trained | fine-tuned' figure: the first run's "
                                       "CNN output, then the last layer of every run, on the same frames."))
+        t1 = time.perf_counter()
+        compared, refused = ensure_comparisons(wh, runs, compare_n, seed, k, recompute)
+        t_compare = time.perf_counter() - t1
+        con = charts.connect(wh.root)  # the views now include the comparison tables
+        others = [r for r in runs[1:] if r not in refused]
+        figs = [charts.cka_heatmap(con, runs[0], other) for other in others]
+        if others:
+            figs.append(charts.agreement_curves(con, runs[0], others))
+        intro = (f"{runs[0]} against {', '.join(others)} on the same frames: linear CKA between every pair of "
+                 "layers, and per layer how far the k-means clusterings of the two runs agree." if others else "")
+        intro += "".join(f" Not compared with {r}: {why}" for r, why in refused.items())
+        sections.append(Section("Model against model", figs, intro=intro.strip()))
+    else:
+        compared, refused, t_compare = [], {}, 0.0
     if k is not None:
         heat = [charts.contingency_heatmap(con, run, k, keys[run]) for run in runs if k in ks_by_run[run]]
         if heat:
@@ -137,7 +189,9 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     path = write_report(Path(out), runs, sections, table, overview, png=png,
                         facts={"k": k, "tier": tier, "map_points": map_points, "seed": seed, "top_n": top_n,
                                "warehouse": str(wh.root), "reductions_computed": reduced,
-                               "reduce_s": round(t_reduce, 1)})
+                               "reduce_s": round(t_reduce, 1), "comparisons_computed": compared,
+                               "comparisons_refused": refused,
+                               "compare_s": round(t_compare, 1), "compare_n": compare_n})
     log.info("report for %s in %.1f s: %s", runs, time.perf_counter() - t0, path)
     return path
 

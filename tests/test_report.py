@@ -23,6 +23,7 @@ from pipeline.analyze import AnalyzeConfig, analyze
 from pipeline.phone_classes import ARPABET, CLASSES, TIMIT, classify, detect_inventory, embedded_classes
 from pipeline.report import build_report, key_layers
 from pipeline.sql import query
+from pipeline.warehouse import Warehouse
 from test_reduce import make_frames_warehouse
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,6 +63,7 @@ def test_report_has_the_expected_figures(report):
         assert f"map_pca_{run}_-1_{run}_1_{run}_2" in names and f"map_tsne_{run}_-1_{run}_1_{run}_2" in names
         assert f"map_pca_all_layers_{run}" in names and f"contingency_{run}_k{K}" in names
     assert "map_pca_runs" in names and "map_tsne_runs" in names
+    assert "cka_pre_ft" in names and "agreement_pre" in names
     assert report[1]["k"] == K
 
 
@@ -83,7 +85,7 @@ def _rows_by_panel(rows: list[dict], panels: int) -> dict[int, dict]:
 def test_each_chart_is_drawn_from_its_named_query(report, warehouse):
     con = charts.connect(warehouse)
     for fig in report[1]["figures"]:
-        assert fig["query"].startswith("report_")
+        assert fig["query"].startswith(("report_", "compare_"))
         result = query(None, fig["query"], fig["params"], con=con)
         drawn = charts.data_rows(spec_of(report, fig["name"]))
         assert result.num_rows == fig["rows"] > 0, fig["name"]
@@ -195,12 +197,28 @@ def test_data_is_bounded(report):
     assert report[0].stat().st_size < 4_000_000
 
 
+def test_model_against_model_section(report, warehouse):
+    assert [(c["run"], c["other"], c["k"]) for c in report[1]["comparisons_computed"]] == [("pre", "ft", K)]
+    heat = spec_of(report, "cka_pre_ft")
+    assert [layer["mark"]["type"] for layer in heat["layer"]] == ["rect", "text"]
+    cells = charts.data_rows(heat)
+    assert {(r["layer"], r["other_layer"]) for r in cells} == {(a, b) for a in (-1, 0, 1, 2) for b in (-1, 0, 1, 2)}
+    assert all(0 <= r["value"] <= 1 for r in cells)
+    curves = charts.data_rows(spec_of(report, "agreement_pre"))
+    assert {r["metric"] for r in curves} == {"ami", "nmi", "ari", "cka"} and {r["other"] for r in curves} == {"ft"}
+    assert {r["k"] for r in curves if r["metric"] != "cka"} == {K}
+    diagonal = {r["layer"]: r["value"] for r in curves if r["metric"] == "cka"}
+    assert diagonal == {r["layer"]: r["value"] for r in cells if r["layer"] == r["other_layer"]}
+    # the CNN layers of both synthetic runs are dominated by one speaker offset per utterance: related
+    assert diagonal[-1] > 0.3
+
+
 def test_a_second_build_reuses_the_reductions(report, warehouse, tmp_path):
     assert len(report[1]["reductions_computed"]) == 2 * (4 + 3)  # PCA of 4 layers, t-SNE of 3, per run
     build_report("pre,ft", warehouse=str(warehouse), out=str(tmp_path / "again"), map_points=200,
                  methods=("pca", "tsne"), png=False)
     again = json.loads((tmp_path / "again" / "report.json").read_text())
-    assert again["reductions_computed"] == []
+    assert again["reductions_computed"] == [] and again["comparisons_computed"] == []
     assert not list((tmp_path / "again" / "png").iterdir())
     for fig in again["figures"]:
         assert json.loads((tmp_path / "again" / "specs" / f"{fig['name']}.vl.json").read_text()) == spec_of(report, fig["name"])
@@ -213,6 +231,21 @@ def test_a_run_without_analysis_still_gets_maps(warehouse, tmp_path):
     assert [f["name"] for f in info["figures"]] == ["map_pca_raw_-1_raw_1_raw_2", "map_pca_all_layers_raw"]
     assert info["k"] is None
     assert "No metrics yet" in path.read_text()
+
+
+def test_runs_that_cannot_be_compared_get_a_note_instead_of_charts(tmp_path):
+    root = tmp_path / "wh"
+    make_frames_warehouse(root, run="pre", seed=0, layers=(-1, 1))
+    make_frames_warehouse(root, run="geo", seed=1, layers=(-1, 1))
+    Warehouse(root).ensure_facts("geo", {"geometry": {"receptive_field_samples": 400, "hop_samples": 160,
+                                                      "sample_rate_hz": 16000}})
+    path = build_report(["pre", "geo"], warehouse=str(root), out=str(tmp_path / "out"), map_points=100,
+                        methods=("pca",), png=False)
+    info = json.loads((path.parent / "report.json").read_text())
+    assert info["comparisons_computed"] == [] and "different frame geometry" in info["comparisons_refused"]["geo"]
+    assert not [f for f in info["figures"] if f["query"].startswith("compare_")]
+    note = "Not compared with geo: runs &#x27;pre&#x27; and &#x27;geo&#x27; have different frame geometry"
+    assert note in path.read_text()
 
 
 def test_unknown_run_is_an_error_that_names_the_runs(warehouse, tmp_path):
@@ -318,6 +351,13 @@ def test_chromium_renders_every_chart_offline_and_legend_clicks_highlight_across
         assert len(re.findall(r'<svg[^>]*class="marks"', chunk)) == 1, name
         marks = re.findall(r'class="mark-(symbol|rect|line)[^"]*"(.*?)</g>', chunk, re.S)
         assert sum(m[1].count("<path") for m in marks) > 0, f"{name}: nothing drawn"
+    heat = next(f for f in figures if f["name"] == "cka_pre_ft")
+    start = dom.index(f'id="{heat["div"]}"')
+    chunk = dom[start:dom.index("</svg>", start)]
+    texts = re.search(r'class="mark-text role-mark[^"]*"[^>]*>(.*?)</g>', chunk, re.S).group(1)
+    drawn = sorted(re.findall(r">([0-9.]+)</text>", texts))
+    expected = sorted(f"{r['value']:.2f}" for r in charts.data_rows(spec_of(report, "cka_pre_ft")))
+    assert drawn == expected  # every cell of the CKA heatmap carries its value
     probe_result = json.loads(re.search(r'data-probe="([^"]*)"', body).group(1).replace("&quot;", '"'))
     before, after = probe_result["before"], probe_result["after"]
     assert set(before) == {"0.85"}, before  # nothing selected: every point drawn opaque
