@@ -20,6 +20,8 @@ EXAMPLES = {
     "reduce": "python -m pipeline reduce --run demo --layers=-1,2,4 --methods pca,tsne,umap --n 5000",
     "report": "python -m pipeline report --runs demo --out storage/report",
     "score": "python -m pipeline score frames.parquet --labels label_id --clusters kmeans_fine_pca",
+    "labels": "python -m pipeline labels --run fi-base --model ./finetuned_model --source greedy",
+    "transcripts": "python -m pipeline transcripts --run fi-base --references text1,text2,text3,text4",
 }
 
 
@@ -71,12 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--layers", default="all")
     p.add_argument("--k", type=int, default=50)
-    p.add_argument("--tier", default="phone", choices=["phone", "word"])
+    p.add_argument("--tier", default="phone",
+                   help="labels to score against: phone, word, or a segments tier (ctc_greedy, ctc_char, …)")
     p.add_argument("--sample-per-label", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-iter", type=int, default=50)
     p.add_argument("--no-silence", action="store_true", help="also score without silence labels (sil, h#, pau, …)")
     p.add_argument("--batch-frames", type=int, default=65_536, help="frames per assignment batch (bounds memory)")
+    p.add_argument("--by", help="also score per group of this utterance attribute (speaker, gender, dialect, …) "
+                                "and run the cross-group test")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear phone probe")
     _common(p)
 
     p = command("score", "clustering metrics for any two columns of a Parquet file or warehouse view")
@@ -113,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-png", dest="png", action="store_false")
     _common(p)
 
+    p = command("labels", "CTC label tiers for a run's utterances from a …ForCTC checkpoint (greedy or forced)")
+    p.add_argument("--run", required=True, help="the run to label; its corpus is reopened from its recorded source")
+    p.add_argument("--model", required=True, help="a …ForCTC checkpoint (hub id or folder) with its tokenizer")
+    p.add_argument("--source", default="greedy", choices=["greedy", "forced"],
+                   help="greedy: tier ctc_greedy (argmax per frame); forced: tiers ctc_char, ctc_word (Viterbi of the text)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-chunk-s", type=float, default=30.0, help="longer utterances run in windows of this length")
+    p.add_argument("--context-s", type=float, default=2.0, help="context on each side of a window")
+    _common(p)
+
+    p = command("transcripts", "cluster → label decoding with its CER, and per-frame transcriber disagreement")
+    p.add_argument("--run", required=True)
+    p.add_argument("--layers", default="all", help="layers whose clusterings are decoded: 'all' or a comma list")
+    p.add_argument("--k", type=int, help="only this k (default: every k clustered)")
+    p.add_argument("--references", default="text",
+                   help="comma list of reference transcripts: 'text' (utterances.text) or utterance metadata keys")
+    p.add_argument("--rule", default="gap", choices=["gap", "original"],
+                   help="disagreement rule: ours (gap), or the original study's error_category (original)")
+    p.add_argument("--empty-gap", default="next", choices=["next", "previous", "drop"],
+                   help="where reference text between characters on adjacent frames is counted")
+    _common(p)
+
     p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
     p.add_argument("query")
     p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
@@ -130,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
-                "reduce": _reduce, "report": _report}
+                "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts}
     return handlers[args.command](args)
 
 
@@ -177,8 +205,34 @@ def _analyze(args) -> int:
     import pyarrow as pa
 
     shown = ["layer", "ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette",
-             "ami_shuffled_sample", "kmeans_train_points"]
-    _print(pa.Table.from_pylist([{k: r[k] for k in shown} for r in rows]), "table")
+             "ami_shuffled_sample", "probe_balanced_accuracy", "kmeans_train_points"]
+    _print(pa.Table.from_pylist([{k: r.get(k) for k in shown} for r in rows]), "table")
+    if cfg.by:
+        from pipeline.sql import query
+
+        print(f"per {cfg.by} (table group_metrics):")
+        _print(query(cfg.warehouse, "group_metrics_wide", {"run": cfg.run, "k": cfg.k, "tier": cfg.tier, "by": cfg.by}),
+               "table")
+    return 0
+
+
+def _labels(args) -> int:
+    from pipeline.labels import labels
+
+    params = {k: getattr(args, k) for k in ("run", "model", "warehouse", "source", "device", "max_chunk_s", "context_s")}
+    _log_config("labels", params)
+    print(labels(**params).summary())
+    return 0
+
+
+def _transcripts(args) -> int:
+    from pipeline.transcripts import TranscriptsConfig, transcripts
+
+    fields = TranscriptsConfig.__dataclass_fields__
+    cfg = TranscriptsConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    _log_config("transcripts", asdict(cfg))
+    written = transcripts(cfg)
+    print("transcripts: " + ", ".join(f"{n} rows of {t}" for t, n in written.items()))
     return 0
 
 

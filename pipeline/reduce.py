@@ -180,7 +180,7 @@ def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int
     if per_label is None:
         counts = query(wh.root, "report_label_counts", {"run": run, "layer": layer, "tier": tier}, con=con)
         per_label = per_label_for(dict(zip(counts["label"].to_pylist(), counts["n_frames"].to_pylist())), n)
-    sample = query(wh.root, "balanced_sample", {"run": run, "layer": layer, "per_label": per_label, "seed": seed,
+    sample = query(wh.root, "balanced_sample", {"run": run, "layer": layer, "per_label": per_label, "seed": seed, "by": "",
                                                 "tier": tier}, con=con)
     if sample.num_rows < 3:
         raise ValueError(f"run {run!r} layer {layer}: the balanced sample has {sample.num_rows} labelled frames; "

@@ -1,13 +1,40 @@
--- A balanced sample of one layer's frames: at most $per_label frames of every label of $tier
--- ('phone' or 'word'), chosen by a seeded hash, so the same seed gives the same rows (and a
--- smaller $per_label gives a subset of a larger one). Frames outside any interval are left out.
+-- A balanced sample of one layer's frames: at most $per_label frames of every label of $tier,
+-- chosen by a seeded hash, so the same seed gives the same rows (and a smaller $per_label gives a
+-- subset of a larger one). Frames outside any interval are left out.
+-- $tier: 'phone' or 'word' (the frames' own columns), or any tier of `segments` (e.g. ctc_greedy,
+-- ctc_char): the label of the interval holding the frame's centre, start inclusive, end exclusive.
+-- Each row also carries the utterance's speaker and its value of $by (speaker, split, corpus, or a
+-- metadata key such as gender or dialect; '' for none), for probes and per-group scores.
 -- Frames are chosen on their keys alone; vectors are fetched for the chosen ones only, so memory
 -- follows the sample, not the layer.
--- params: $run, $layer, $per_label, $seed, $tier
-with tiered as (
-    select utterance_id, frame, case $tier when 'word' then word else phone end as label
-    from frames
-    where run = $run and layer = $layer
+-- params: $run, $layer, $per_label, $seed, $tier, $by
+with geometry as (
+    select
+        (facts -> 'geometry' ->> 'hop_samples')::double as hop,
+        (facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
+        (facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
+    from runs
+    where run = $run
+),
+
+keys as (
+    -- the centre in float64 from the frame index, as extraction computes it for `phone`
+    select f.utterance_id, f.frame, (g.hop * f.frame + g.rf / 2) / g.rate as centre_s, f.phone, f.word
+    from frames f
+    cross join geometry g
+    where f.run = $run and f.layer = $layer
+),
+
+tiered as (
+    select
+        k.utterance_id,
+        k.frame,
+        case $tier when 'phone' then k.phone when 'word' then k.word else s.label end as label
+    from keys k
+    left join segments s
+        on $tier not in ('phone', 'word')
+        and s.run = $run and s.tier = $tier and s.utterance_id = k.utterance_id
+        and k.centre_s >= s.start_s and k.centre_s < s.end_s
 ),
 
 ranked as (
@@ -23,9 +50,22 @@ chosen as (
 ),
 
 final as (
-    select c.utterance_id, c.frame, c.label, f.vector
+    select
+        c.utterance_id,
+        c.frame,
+        c.label,
+        u.speaker,
+        case $by
+            when '' then null
+            when 'speaker' then u.speaker
+            when 'split' then u.split
+            when 'corpus' then u.corpus
+            else u.metadata[$by]
+        end as grp,
+        f.vector
     from chosen c
     join frames f on f.run = $run and f.layer = $layer and f.utterance_id = c.utterance_id and f.frame = c.frame
+    left join utterances u on u.run = $run and u.utterance_id = c.utterance_id
     order by c.utterance_id, c.frame
 )
 
