@@ -450,18 +450,11 @@ def utterance_disagreement(frame_labels: Sequence[str], references: Sequence[str
 
 # ---------------------------------------------------------------- warehouse stage
 
-GREEDY_LABELS_SQL = """
-select utterance_id, label, start_s, end_s from segments
-where run = $run and tier = $tier
-order by utterance_id, idx
-"""
-CLUSTERS_SQL = """
-select utterance_id, frame, cluster from clusters
-where run = $run and layer = $layer and k = $k
-order by utterance_id, frame
-"""
-CLUSTERINGS_SQL = "select distinct layer, k from clusters where run = $run order by layer, k"
-UTTERANCES_SQL = "select utterance_id, text, metadata from utterances where run = $run order by utterance_id"
+# the queries, in sql/ (one per file)
+GREEDY_LABELS_SQL = "tier_segments"
+CLUSTERS_SQL = "clusters_of"
+CLUSTERINGS_SQL = "clusterings"
+UTTERANCES_SQL = "utterance_texts"
 
 
 @dataclass
