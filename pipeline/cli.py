@@ -21,6 +21,7 @@ EXAMPLES = {
     "report": "python -m pipeline report --runs demo --out storage/report",
     "score": "python -m pipeline score frames.parquet --labels label_id --clusters kmeans_fine_pca",
     "labels": "python -m pipeline labels --run fi-base --model ./finetuned_model --source greedy",
+    "compare": "python -m pipeline compare --runs demo,demo-ctc",
     "transcripts": "python -m pipeline transcripts --run fi-base --references text1,text2,text3,text4",
 }
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tier", default="phone", choices=["phone", "word"])
     p.add_argument("--recompute", action="store_true", help="recompute reductions that already exist")
+    p.add_argument("--compare-n", type=int, default=5000, help="shared frames in each CKA sample (runs ≥ 2)")
     p.add_argument("--no-png", dest="png", action="store_false")
     _common(p)
 
@@ -141,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where reference text between characters on adjacent frames is counted")
     _common(p)
 
+    p = command("compare", "model against model: linear CKA between every layer pair, agreement of the clusterings")
+    p.add_argument("--runs", required=True, help="A,B: two runs of the same corpus")
+    p.add_argument("--n", type=int, default=5000, help="shared frames in the CKA sample (seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, help="clusterings to compare (default: the largest k both runs analysed)")
+    _common(p)
+
     p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
     p.add_argument("query")
     p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
@@ -158,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
-                "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts}
+                "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
+                "compare": _compare}
     return handlers[args.command](args)
 
 
@@ -236,6 +246,20 @@ def _transcripts(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from pipeline.compare import compare
+
+    params = {"runs": args.runs, "warehouse": args.warehouse, "n": args.n, "seed": args.seed, "k": args.k}
+    _log_config("compare", params)
+    out = compare(**params)
+    print(f"compare {out['run']} vs {out['other']}: {out['frames']} frames of {out['shared_utterances']} shared "
+          f"utterances, k = {out['k']}, {out['total_s']:.1f} s")
+    _print(out["cka"], "table", max_rows=20)
+    if out["agreement"] is not None and out["agreement"].num_rows:
+        _print(out["agreement"], "table", max_rows=60)
+    return 0
+
+
 def _reduce(args) -> int:
     from pipeline.reduce import reduce_many
 
@@ -253,7 +277,8 @@ def _report(args) -> int:
 
     params = {"runs": args.runs, "warehouse": args.warehouse, "out": args.out, "k": args.k,
               "methods": tuple(m for m in args.methods.split(",") if m), "map_points": args.map_points,
-              "top_n": args.top_n, "seed": args.seed, "tier": args.tier, "recompute": args.recompute, "png": args.png}
+              "top_n": args.top_n, "seed": args.seed, "tier": args.tier, "recompute": args.recompute, "png": args.png,
+              "compare_n": args.compare_n}
     _log_config("report", params)
     print(f"report: {build_report(**params)}")
     return 0
