@@ -43,6 +43,7 @@ DEFAULT_MAX_BATCH_SAMPLES = 100 * TARGET_SAMPLE_RATE_HZ  # 100 s of padded audio
 DEFAULT_MAX_BATCH_SIZE = 32
 STATS_PIECE_SAMPLES = 30 * TARGET_SAMPLE_RATE_HZ  # conv0 output of a piece: 512 x 96k floats, 197 MB
 DEFAULT_MODEL_ID = "default"
+DEMO_CTC_MODEL_ID = "default-ctc"  # the default model fine-tuned with CTC on the embedded corpus
 DEFAULT_MODEL_SOURCE = Path(__file__).resolve().parent / "default_model"
 WEIGHT_FILE_RE = re.compile(r".*\.(safetensors|bin|pt|pth|ckpt)$|.*\.safetensors\.index\.json$|.*\.bin\.index\.json$")
 
@@ -94,7 +95,8 @@ def load_model(id_or_path: str | os.PathLike, device: str = "auto", dtype: str =
     `…ForCTC` / `…ForPreTraining` checkpoints give their base encoder: `AutoModel` maps every
     supported `model_type` to its base class and strips the head's `base_model_prefix` from the
     weight names, for all four families. Weights stay float32; `dtype` is the autocast compute
-    dtype on CUDA (and CPU). `"default"` is the embedded random-weight model (no network).
+    dtype on CUDA (and CPU). `"default"` is the embedded random-weight model (no network);
+    `"default-ctc"` the same model fine-tuned on the embedded corpus (pipeline/demo.py), if trained.
     Never `trust_remote_code`.
     """
     from transformers import AutoConfig, AutoModel
@@ -109,6 +111,10 @@ def load_model(id_or_path: str | os.PathLike, device: str = "auto", dtype: str =
     source: str | os.PathLike = id_or_path
     if model_id == DEFAULT_MODEL_ID:
         source = ensure_default_model(default_model_path(cache_dir))
+    elif model_id == DEMO_CTC_MODEL_ID:  # trained by `python -m pipeline demo-models` (pipeline/demo.py)
+        from pipeline.demo import resolve_demo_model
+
+        source = resolve_demo_model(cache_dir)
     config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
