@@ -87,7 +87,7 @@ PLANS = {
     "full": Plan(
         repeats=3,
         extract={"extract_default": ExtractCase("default", 56, 14, "all"),  # ~118 s of audio, 4 shards
-                 "extract_base": ExtractCase("base", 24, 6, "all")},  # ~50 s of audio, 4 shards
+                 "extract_base": ExtractCase("base", 48, 12, "all")},  # ~100 s of audio, 4 shards
         memory_utterances=6, memory_shard_size=2,  # 3 shards (~12 s); x10: 30 shards (~118 s)
         kmeans_points=10_000, kmeans_dim=768, kmeans_k=100, assign_points=200_000,
         disk_utterances=64, analyze_utterances=64, reduce_points=50_000),

@@ -426,3 +426,30 @@ def test_default_model_by_name(tmp_path):
     lm = M.load_model("default", device="cpu", cache_dir=tmp_path)
     assert lm.model_id == "default"
     assert M.default_model_path(tmp_path).exists() and lm.revision.startswith("sha256:")
+
+
+def test_folder_fingerprint_cache_follows_the_files(tmp_path, monkeypatch):
+    """The cached digest is reused only while every file's size, mtime and inode are unchanged."""
+    import os
+
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    first = M.folder_fingerprint(folder)
+    assert first == M.folder_fingerprint(folder, cache=False)
+    assert list((tmp_path / "cache" / "fingerprints").glob("*.json"))
+    assert M.folder_fingerprint(folder) == first  # from the cache
+    st = weights.stat()
+    weights.write_bytes(b"b" * 1000)  # same size: other bytes
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    second = M.folder_fingerprint(folder)
+    assert second != first and second == M.folder_fingerprint(folder, cache=False)
+    (tmp_path / "cache" / "fingerprints").chmod(0o500)  # an unwritable cache is skipped, not an error
+    try:
+        (folder / "extra.bin").write_bytes(b"x")
+        assert M.folder_fingerprint(folder) == M.folder_fingerprint(folder, cache=False)
+    finally:
+        (tmp_path / "cache" / "fingerprints").chmod(0o700)
