@@ -5,7 +5,9 @@ PY     := $(VENV)/bin/python
 RUN    ?= demo
 WH     ?= storage
 
-.PHONY: install extract analyze reduce report all test test-fast bench clean
+AFTER  ?= $(RUN)-ctc
+
+.PHONY: install extract analyze reduce report demo-models all test test-fast bench clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -23,11 +25,21 @@ analyze: install
 report: install  ## storage/report/index.html (+ png/): computes missing reductions itself
 	$(PY) -m pipeline report --runs $(RUN) --warehouse $(WH) --out $(WH)/report
 
-all: install  ## extract → analyze → reduce → report on the embedded default
+demo-models: install  ## the demo pair's "after" model: the default model fine-tuned with CTC (~3 min, once)
+	$(PY) -m pipeline demo-models --warehouse $(WH)
+
+all: install demo-models  ## before/after on the embedded default: extract, labels, analyze, reduce, compare, report
 	$(PY) -m pipeline extract --run $(RUN) --warehouse $(WH)
+	$(PY) -m pipeline extract --run $(AFTER) --model default-ctc --warehouse $(WH)
+	$(PY) -m pipeline labels --run $(RUN) --model default-ctc --warehouse $(WH)
+	$(PY) -m pipeline labels --run $(AFTER) --model default-ctc --warehouse $(WH)
 	$(PY) -m pipeline analyze --run $(RUN) --warehouse $(WH)
+	$(PY) -m pipeline analyze --run $(AFTER) --warehouse $(WH)
+	$(PY) -m pipeline analyze --run $(RUN) --tier ctc_greedy --no-probe --warehouse $(WH)
+	$(PY) -m pipeline analyze --run $(AFTER) --tier ctc_greedy --no-probe --warehouse $(WH)
 	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --methods pca
-	$(PY) -m pipeline report --runs $(RUN) --warehouse $(WH) --out $(WH)/report
+	$(PY) -m pipeline reduce --run $(AFTER) --warehouse $(WH) --methods pca
+	$(PY) -m pipeline report --runs $(RUN),$(AFTER) --warehouse $(WH) --out $(WH)/report
 
 test: install  ## every test, slow ones included (what CI runs)
 	$(PY) -m pytest

@@ -22,6 +22,7 @@ EXAMPLES = {
     "score": "python -m pipeline score frames.parquet --labels label_id --clusters kmeans_fine_pca",
     "labels": "python -m pipeline labels --run fi-base --model ./finetuned_model --source greedy",
     "compare": "python -m pipeline compare --runs demo,demo-ctc",
+    "demo-models": "python -m pipeline demo-models --warehouse storage",
     "transcripts": "python -m pipeline transcripts --run fi-base --references text1,text2,text3,text4",
 }
 
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="clusterings to compare (default: the largest k both runs analysed)")
     _common(p)
 
+    p = command("demo-models", "train the offline demo pair's 'after' model: the default model fine-tuned with CTC")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+
     p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
     p.add_argument("query")
     p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
                 "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
-                "compare": _compare}
+                "compare": _compare, "demo-models": _demo_models}
     return handlers[args.command](args)
 
 
@@ -243,6 +248,14 @@ def _transcripts(args) -> int:
     _log_config("transcripts", asdict(cfg))
     written = transcripts(cfg)
     print("transcripts: " + ", ".join(f"{n} rows of {t}" for t, n in written.items()))
+    return 0
+
+
+def _demo_models(args) -> int:
+    from pipeline.demo import train_demo_model
+
+    _log_config("demo-models", {"warehouse": args.warehouse, "seed": args.seed})
+    print(f"demo-models: {train_demo_model(args.warehouse, seed=args.seed)}")
     return 0
 
 

@@ -85,8 +85,10 @@ class LabelCounts:
                 f"characters dropped from transcripts: {dropped}; {self.wall_s:.1f} s")
 
 
-def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto") -> CtcModel:
-    """A wav2vec2-family `…ForCTC` checkpoint with its tokenizer; never `trust_remote_code`."""
+def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
+                   cache_dir: str | os.PathLike | None = None) -> CtcModel:
+    """A wav2vec2-family `…ForCTC` checkpoint with its tokenizer; never `trust_remote_code`.
+    `default-ctc` is the demo model that `python -m pipeline demo-models` trains into `cache_dir`."""
     from transformers import AutoConfig, AutoModelForCTC, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -94,6 +96,10 @@ def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto") -> CtcMo
 
     hf_logging.disable_progress_bar()
     model_id = str(id_or_path)
+    if model_id == M.DEMO_CTC_MODEL_ID:
+        from pipeline.demo import resolve_demo_model
+
+        id_or_path = resolve_demo_model(cache_dir)
     config = AutoConfig.from_pretrained(id_or_path, trust_remote_code=False)
     if config.model_type not in M.SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
@@ -178,7 +184,7 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
     if facts is None:
         raise ValueError(f"run {run!r} has no facts in {wh.root}: extract (or ingest) it first; known runs: "
                          f"{', '.join(wh.runs()) or 'none'}")
-    cm = load_ctc_model(model, device)
+    cm = load_ctc_model(model, device, cache_dir=wh.root / "_models")
     recorded = facts.get("geometry")
     if recorded is not None and recorded != cm.geometry.as_dict():
         raise ValueError(f"{model}: frame geometry {cm.geometry.as_dict()} differs from run {run!r}'s {recorded}; "

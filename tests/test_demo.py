@@ -72,9 +72,14 @@ def test_same_seed_same_weights_and_a_loadable_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_recipe_learns_the_training_phones_and_resolves_by_name(tmp_path):
-    # The issue's AMI target (fine-tuned best layer >= default + 0.1) is not met by this recipe
-    # (upper layers drop from AMI 0.22 to 0.10, see the module docstring), so it is not asserted here.
+def test_default_recipe_learns_and_fine_tuning_sharpens_the_upper_layers(tmp_path):
+    """The real recipe, then the study's comparison on the embedded corpus: both runs labelled with
+    the fine-tuned model's greedy CTC phones (the original's label source). Measured on all 240
+    utterances (k = 50): best-layer AMI 0.10 before, 0.63 after (layer 3)."""
+    from pipeline.analyze import AnalyzeConfig, analyze
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.labels import labels
+
     folder = D.train_demo_model(tmp_path)
     facts = json.loads((folder / D.TRAINING_FACTS).read_text())
     assert facts["recipe"] == json.loads(json.dumps(dataclasses.asdict(D.Recipe()))) and facts["steps"] == 450
@@ -82,3 +87,12 @@ def test_default_recipe_learns_the_training_phones_and_resolves_by_name(tmp_path
     assert facts["test_phone_error_rate"] < 1.0
     loaded = M.load_model("default-ctc", device="cpu", cache_dir=tmp_path / "_models")
     assert loaded.model_id == "default-ctc" and loaded.revision == M.folder_fingerprint(folder)
+    best = {}
+    for run, model in (("before", "default"), ("after", "default-ctc")):
+        extract(ExtractConfig(run=run, model=model, warehouse=str(tmp_path), limit=120, layers="0,2,3,4",
+                              progress=False))
+        labels(run, "default-ctc", warehouse=str(tmp_path))
+        rows = analyze(AnalyzeConfig(run=run, warehouse=str(tmp_path), tier="ctc_greedy", k=50, probe=False,
+                                     n_iter=20))
+        best[run] = max(r["ami"] for r in rows)
+    assert best["after"] > best["before"] + 0.2, best
