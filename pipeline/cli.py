@@ -23,6 +23,7 @@ EXAMPLES = {
     "labels": "python -m pipeline labels --run fi-base --model ./finetuned_model --source greedy",
     "compare": "python -m pipeline compare --runs demo,demo-ctc",
     "demo-models": "python -m pipeline demo-models --warehouse storage",
+    "metadata": "python -m pipeline metadata --run fi-base data/utt2gender data/speakers.csv",
     "transcripts": "python -m pipeline transcripts --run fi-base --references text1,text2,text3,text4",
 }
 
@@ -151,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="clusterings to compare (default: the largest k both runs analysed)")
     _common(p)
 
+    p = command("metadata", "attach utterance attributes (speaker, gender, age…) from CSV/TSV/Parquet or Kaldi utt2<key> files")
+    p.add_argument("--run", required=True)
+    p.add_argument("files", nargs="+", help="files with an utterance_id column, or Kaldi utt2<key> files")
+    _common(p)
+
     p = command("demo-models", "train the offline demo pair's 'after' model: the default model fine-tuned with CTC")
     p.add_argument("--seed", type=int, default=0)
     _common(p)
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
                 "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
-                "compare": _compare, "demo-models": _demo_models}
+                "compare": _compare, "demo-models": _demo_models,
+                "metadata": _metadata}
     return handlers[args.command](args)
 
 
@@ -248,6 +255,16 @@ def _transcripts(args) -> int:
     _log_config("transcripts", asdict(cfg))
     written = transcripts(cfg)
     print("transcripts: " + ", ".join(f"{n} rows of {t}" for t, n in written.items()))
+    return 0
+
+
+def _metadata(args) -> int:
+    from pipeline.metadata import attach_metadata
+
+    _log_config("metadata", {"run": args.run, "files": args.files, "warehouse": args.warehouse})
+    counts = attach_metadata(args.run, args.files, args.warehouse)
+    print(f"metadata {args.run}: {counts['rows']} attribute values from {counts['files']} file(s); "
+          f"{counts['unknown_ids']} rows for utterances the run does not have were left out")
     return 0
 
 

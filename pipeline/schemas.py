@@ -63,8 +63,12 @@ def frames_schema(dim: int, dtype: str) -> pa.Schema:
     )
 
 
+# attributes attached from a file (pipeline/metadata.py); read before utterances.metadata
+UTTERANCE_ATTRIBUTES = pa.schema([("utterance_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
+
 TABLES = {
     "utterances": UTTERANCES,
+    "utterance_attributes": UTTERANCE_ATTRIBUTES,
     "segments": SEGMENTS,
     "quarantine": QUARANTINE,
 }

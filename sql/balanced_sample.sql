@@ -3,8 +3,9 @@
 -- subset of a larger one). Frames outside any interval are left out.
 -- $tier: 'phone' or 'word' (the frames' own columns), or any tier of `segments` (e.g. ctc_greedy,
 -- ctc_char): the label of the interval holding the frame's centre, start inclusive, end exclusive.
--- Each row also carries the utterance's speaker and its value of $by (speaker, split, corpus, or a
--- metadata key such as gender or dialect; '' for none), for probes and per-group scores.
+-- Each row also carries the utterance's speaker and its value of $by (speaker, split, corpus, an
+-- attached attribute, or a metadata key such as gender or dialect; '' for none), for probes and
+-- per-group scores (as sql/utterance_groups.sql resolves it).
 -- Frames are chosen on their keys alone; vectors are fetched for the chosen ones only, so memory
 -- follows the sample, not the layer.
 -- params: $run, $layer, $per_label, $seed, $tier, $by
@@ -60,12 +61,13 @@ final as (
             when 'speaker' then u.speaker
             when 'split' then u.split
             when 'corpus' then u.corpus
-            else u.metadata[$by]
+            else coalesce(a.value, u.metadata[$by])
         end as grp,
         f.vector
     from chosen c
     join frames f on f.run = $run and f.layer = $layer and f.utterance_id = c.utterance_id and f.frame = c.frame
     left join utterances u on u.run = $run and u.utterance_id = c.utterance_id
+    left join utterance_attributes a on a.run = $run and a.key = $by and a.utterance_id = c.utterance_id
     order by c.utterance_id, c.frame
 )
 
