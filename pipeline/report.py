@@ -11,6 +11,12 @@ are taken as they are (pass recompute=True to redo them with this report's n and
 With two runs or more, the first is compared with each other one (`pipeline.compare`: linear CKA
 of every pair of layers, agreement of the clusterings) unless a comparison newer than both runs'
 frames and clusters is committed; the "Model against model" section shows it.
+
+Sections that need a later stage appear only when its table holds rows for a report run:
+"Variants and groups" (`group_metrics`, from `analyze --by ATTRIBUTE`) and "Transcripts and
+transcriber disagreement" (`decoded`, `frame_disagreement`, from `transcripts`; the maps then get a
+row coloured by the number of disagreeing references). Labels are those of `tier`: `phone` or
+`word` (columns of `frames`) or any `segments` tier of every run (e.g. ctc_greedy).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from pipeline.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+FRAME_TIERS = ("phone", "word")  # columns of `frames`; any other tier comes from `segments`
+PREFERRED_RULE = "gap"  # the disagreement rule the maps colour when a run has several
 
 
 @dataclass
@@ -61,8 +69,9 @@ def _committed_reductions(wh: Warehouse, run: str) -> set[tuple[int, str]]:
 
 
 def ensure_reductions(wh: Warehouse, runs: Sequence[str], plan: dict[str, dict[str, list[int]]], n: int, seed: int,
-                      recompute: bool = False) -> list[dict]:
-    """Compute the reductions of `plan` ({run: {method: [layers]}}) that are not committed yet."""
+                      recompute: bool = False, tier: str = "phone") -> list[dict]:
+    """Compute the reductions of `plan` ({run: {method: [layers]}}) that are not committed yet
+    (on a sample balanced over the labels of `tier`)."""
     done = []
     for run in runs:
         have = set() if recompute else _committed_reductions(wh, run)
@@ -70,7 +79,7 @@ def ensure_reductions(wh: Warehouse, runs: Sequence[str], plan: dict[str, dict[s
             for layer in layers:
                 if (layer, method) in have:
                     continue
-                info = reduce(run, layer, method, warehouse=str(wh.root), n=n, seed=seed)
+                info = reduce(run, layer, method, warehouse=str(wh.root), n=n, seed=seed, tier=tier)
                 log.info("reduced %s layer %s with %s: %d frames, %.1f s", run, layer, method, info["rows"],
                          info["total_s"])
                 done.append({k: info[k] for k in ("run", "layer", "method", "rows", "total_s")})
@@ -109,6 +118,26 @@ def ensure_comparisons(wh: Warehouse, runs: Sequence[str], n: int, seed: int, k:
     return done, refused
 
 
+def check_tier(con, runs: Sequence[str], tier: str) -> None:
+    """A tier other than the frames' phone and word columns must be a `segments` tier of every run."""
+    if tier in FRAME_TIERS:
+        return
+    found = query(None, "report_tiers", {"runs": ",".join(runs)}, con=con).to_pylist()
+    lacking = [run for run in runs if (run, tier) not in {(r["run"], r["tier"]) for r in found}]
+    if lacking:
+        offered = sorted({r["tier"] for r in found} | set(FRAME_TIERS))
+        raise ValueError(f"run(s) {lacking} have no tier {tier!r}: use one of {offered} (CTC tiers come from "
+                         "`python -m pipeline labels`)")
+
+
+def disagreement_rules(counts) -> dict[str, str]:
+    """Per run with `frame_disagreement` rows: the rule its maps colour (PREFERRED_RULE if present)."""
+    rules: dict[str, set] = {}
+    for r in counts.to_pylist():
+        rules.setdefault(r["run"], set()).add(r["rule"])
+    return {run: PREFERRED_RULE if PREFERRED_RULE in have else min(have) for run, have in rules.items()}
+
+
 def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str = "storage/report",
                  k: int | None = None, methods: Sequence[str] = METHODS, map_points: int = 2000,
                  top_n: int = 15, seed: int = 0, tier: str = "phone", recompute: bool = False,
@@ -116,6 +145,7 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     """Build `<out>/index.html` (+ PNGs) for one or more runs; returns the HTML's path.
 
     k: the k-means run to show (default: the largest k analysed for every run).
+    tier: the labels: phone, word, or a `segments` tier every run has (e.g. ctc_greedy).
     map_points: frames per map (the reductions' sample size when this computes them).
     compare_n: frames in the CKA sample when this compares the first run with the others.
     recompute: redo the reductions and comparisons even where committed ones exist.
@@ -134,9 +164,10 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
             raise ValueError(f"run {run!r} has no extracted frames in {wh.root} (runs there: {wh.runs()}); "
                              "run `python -m pipeline extract` first")
         layers[run] = sorted(facts["layers"])
+    check_tier(wh.connect(), runs, tier)
     keys = {run: key_layers(layers[run]) for run in runs}
     plan = {run: {m: (layers[run] if m == "pca" else keys[run]) for m in methods} for run in runs}
-    reduced = ensure_reductions(wh, runs, plan, map_points, seed, recompute)
+    reduced = ensure_reductions(wh, runs, plan, map_points, seed, recompute, tier)
     t_reduce = time.perf_counter() - t0
 
     con = charts.connect(wh.root)
@@ -148,22 +179,28 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     sections = []
     if table.num_rows:
         sections.append(Section("Clustering metrics by layer", [charts.metric_curves(con, runs, tier=tier)],
-                                intro="How well k-means clusters of each layer agree with the phone labels."))
-    colourings = ("phone_class", "phone", "speaker") + (("cluster",) if k is not None else ()) + ("metadata",)
+                                intro=f"How well k-means clusters of each layer agree with the {tier} labels, and how "
+                                      f"well a linear probe reads the {tier} off the layer."))
+    disagreement = charts.disagreement_bars(con, runs)
+    rules = disagreement_rules(disagreement.data)
+    colourings = ("phone_class", "label", "speaker") + (("cluster",) if k is not None else ()) + (
+        "disagreement", "metadata")
     k_arg = k if k is not None else -1
     for run in runs:
+        rule = rules.get(run, "")
         figs = [charts.map_grid(con, [(run, l) for l in keys[run]], m, k_arg, n_points=map_points, top_n=top_n,
-                                seed=seed, colourings=colourings) for m in methods]
+                                seed=seed, colourings=colourings, tier=tier, rule=rule) for m in methods]
         if "pca" in methods and len(layers[run]) > len(keys[run]):
             figs.append(charts.map_grid(con, [(run, l) for l in layers[run]], "pca", k_arg,
                                         n_points=min(map_points, 1500), top_n=top_n, seed=seed,
-                                        colourings=("phone_class",), name=f"map_pca_all_layers_{run}",
-                                        title=f"PCA of every layer: {run}", panel_size=150))
+                                        colourings=("phone_class", "disagreement"), name=f"map_pca_all_layers_{run}",
+                                        title=f"PCA of every layer: {run}", panel_size=150, tier=tier, rule=rule))
         sections.append(Section(f"Maps of {run}: {' | '.join(charts.layer_name(l) for l in keys[run])}", figs))
     if len(runs) > 1:
         panels = [(runs[0], layers[runs[0]][0])] + [(r, layers[r][-1]) for r in runs]
         figs = [charts.map_grid(con, panels, m, k_arg, n_points=map_points, top_n=top_n, seed=seed,
-                                colourings=colourings, name=f"map_{m}_runs") for m in methods]
+                                colourings=colourings, name=f"map_{m}_runs", tier=tier, rule=rules.get(runs[0], ""))
+                for m in methods]
         sections.append(Section("Runs side by side", figs,
                                 intro="The original's 'CNN | pre-trained | fine-tuned' figure: the first run's "
                                       "CNN output, then the last layer of every run, on the same frames."))
@@ -182,9 +219,17 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     else:
         compared, refused, t_compare = [], {}, 0.0
     if k is not None:
-        heat = [charts.contingency_heatmap(con, run, k, keys[run]) for run in runs if k in ks_by_run[run]]
+        heat = [charts.contingency_heatmap(con, run, k, keys[run], tier=tier) for run in runs if k in ks_by_run[run]]
         if heat:
-            sections.append(Section("Phones and clusters", heat))
+            sections.append(Section("Phones and clusters" if tier == "phone" else f"{tier} labels and clusters", heat))
+        groups = [charts.group_curves(con, g["run"], k, g["attribute"], tier=tier)
+                  for g in charts.group_attributes(con, runs, k, tier)]
+        if groups:
+            sections.append(Section("Variants and groups", groups, intro=(
+                "Per utterance attribute scored by `analyze --by` (dialect, gender, speaker, …): is the layer's "
+                f"{tier} structure the same in every group, and does a clustering or a probe fitted on the other "
+                "groups work on this one as well as one fitted on the group itself?")))
+    sections += transcript_sections(con, runs, disagreement, rules)
     overview = query(None, "run_overview", {}, con=con)
     path = write_report(Path(out), runs, sections, table, overview, png=png,
                         facts={"k": k, "tier": tier, "map_points": map_points, "seed": seed, "top_n": top_n,
@@ -194,6 +239,25 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
                                "compare_s": round(t_compare, 1), "compare_n": compare_n})
     log.info("report for %s in %.1f s: %s", runs, time.perf_counter() - t0, path)
     return path
+
+
+def transcript_sections(con, runs: Sequence[str], disagreement: charts.Figure, rules: dict[str, str]) -> list[Section]:
+    """The "Transcripts and transcriber disagreement" section, when `transcripts` wrote rows for a run."""
+    figs = []
+    cer = charts.decoded_cer_curves(con, runs)
+    if cer.data.num_rows:
+        figs.append(cer)
+    if disagreement.data.num_rows:
+        figs.append(disagreement)
+    if not figs:
+        return []
+    maps = "; ".join(f"{run}: rule '{rule}'" for run, rule in rules.items())
+    intro = ("How much of the transcript the clusters carry (decoding every frame as its cluster's majority "
+             "greedy CTC label), and where human reference transcripts disagree with the model (the original "
+             "study's transcriber-disagreement analysis)."
+             + (f" The maps above have a row coloured by the number of disagreeing references ({maps})." if maps
+                else ""))
+    return [Section("Transcripts and transcriber disagreement", figs, intro=intro)]
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -242,7 +306,7 @@ def _table_html(table, caption: str) -> str:
     if not rows:
         return "<p>No metrics yet: run <code>python -m pipeline analyze</code>.</p>"
     cols = table.column_names
-    numeric = [c for c in cols if c not in ("run", "k", "layer", "n_frames")]
+    numeric = [c for c in cols if c not in ("run", "k", "layer", "n_frames", "probe_chance")]
     best = {}
     for c in numeric:
         for key in {(r["run"], r["k"]) for r in rows}:

@@ -1,62 +1,89 @@
--- Phone × cluster contingency of chosen layers of one run (k-means with $k clusters): frames per
--- (layer, phone, cluster), the share of the phone's frames in that cluster (rows sum to 1), the
--- cluster's majority phone, and sort keys: phones by class then frequency, clusters by their
--- majority phone's position (so a good clustering shows a diagonal).
--- `phone_classes` (label, class, class_order) is registered by the caller.
--- params: $run, $k, $layers (comma-separated)
+-- Label × cluster contingency of chosen layers of one run (k-means with $k clusters): frames per
+-- (layer, label, cluster), the share of the label's frames in that cluster (rows sum to 1), the
+-- cluster's majority label, and sort keys: labels by phone class then frequency, clusters by their
+-- majority label's position (so a good clustering shows a diagonal).
+-- $tier: 'phone' or 'word' (columns of `frames`) or any `segments` tier (e.g. ctc_greedy): the
+-- interval holding the frame's centre (run geometry; start inclusive, end exclusive).
+-- `phone_classes` (label, class, class_order) is registered by the caller; labels it does not
+-- know (words, characters) have class 'other'.
+-- params: $run, $k, $layers (comma-separated), $tier
 with wanted as (
     select cast(unnest(string_split($layers, ',')) as bigint) as layer
 ),
 
-joined as (
-    select c.layer, f.phone, c.cluster
+geometry as (
+    select
+        (facts -> 'geometry' ->> 'hop_samples')::double as hop,
+        (facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
+        (facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
+    from runs
+    where run = $run
+),
+
+framed as (
+    select c.layer, c.utterance_id, c.frame, c.cluster, f.phone, f.word
     from clusters c
     join frames f on f.run = c.run and f.layer = c.layer and f.utterance_id = c.utterance_id and f.frame = c.frame
-    where c.run = $run and c.k = $k and c.layer in (select layer from wanted) and f.phone is not null
+    where c.run = $run and c.k = $k and c.layer in (select layer from wanted)
+),
+
+joined as (
+    select
+        fr.layer, fr.cluster,
+        case $tier when 'phone' then fr.phone when 'word' then fr.word else s.label end as label
+    from framed fr
+    left join geometry g on true  -- a run without geometry still has its phone and word columns
+    left join segments s
+        on $tier not in ('phone', 'word')
+        and s.run = $run and s.tier = $tier and s.utterance_id = fr.utterance_id
+        and (g.hop * fr.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * fr.frame + g.rf / 2) / g.rate < s.end_s
 ),
 
 cells as (
-    select layer, phone, cluster, count(*) as n_frames
+    select layer, label, cluster, count(*) as n_frames
     from joined
+    where label is not null
     group by all
 ),
 
-phone_order as (
+label_order as (
     select
-        c.layer, c.phone, coalesce(pc.class, 'other') as phone_class, sum(c.n_frames)::bigint as phone_frames,
+        c.layer, c.label, coalesce(pc.class, 'other') as label_class, sum(c.n_frames)::bigint as label_frames,
         row_number() over (
             partition by c.layer
-            order by coalesce(any_value(pc.class_order), 99), sum(c.n_frames) desc, c.phone
-        ) as phone_rank
+            order by coalesce(any_value(pc.class_order), 99), sum(c.n_frames) desc, c.label
+        ) as label_rank
     from cells c
-    left join phone_classes pc on pc.label = c.phone
-    group by c.layer, c.phone, pc.class
+    left join phone_classes pc on pc.label = c.label
+    group by c.layer, c.label, pc.class
 ),
 
 majority as (
-    select layer, cluster, arg_max(phone, n_frames) as majority_phone, sum(n_frames)::bigint as cluster_frames
+    select layer, cluster, arg_max(label, n_frames) as majority_label, sum(n_frames)::bigint as cluster_frames
     from cells
     group by layer, cluster
 ),
 
 cluster_order as (
     select
-        m.layer, m.cluster, m.majority_phone, m.cluster_frames,
-        row_number() over (partition by m.layer order by po.phone_rank, m.cluster_frames desc, m.cluster) as cluster_rank
+        m.layer, m.cluster, m.majority_label, m.cluster_frames,
+        row_number() over (
+            partition by m.layer order by lo.label_rank, m.cluster_frames desc, m.cluster
+        ) as cluster_rank
     from majority m
-    join phone_order po on po.layer = m.layer and po.phone = m.majority_phone
+    join label_order lo on lo.layer = m.layer and lo.label = m.majority_label
 ),
 
 final as (
     select
-        c.layer, c.phone, po.phone_class, c.cluster, c.n_frames,
-        c.n_frames / po.phone_frames as share_of_phone,
+        c.layer, c.label, lo.label_class, c.cluster, c.n_frames,
+        c.n_frames / lo.label_frames as share_of_label,
         c.n_frames / co.cluster_frames as share_of_cluster,
-        po.phone_frames, co.cluster_frames, co.majority_phone, po.phone_rank, co.cluster_rank
+        lo.label_frames, co.cluster_frames, co.majority_label, lo.label_rank, co.cluster_rank
     from cells c
-    join phone_order po on po.layer = c.layer and po.phone = c.phone
+    join label_order lo on lo.layer = c.layer and lo.label = c.label
     join cluster_order co on co.layer = c.layer and co.cluster = c.cluster
-    order by c.layer, po.phone_rank, co.cluster_rank
+    order by c.layer, lo.label_rank, co.cluster_rank
 )
 
 select * from final

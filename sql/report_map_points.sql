@@ -1,11 +1,15 @@
 -- Points of a multi-panel map: the frames that a reduction ($method) placed in EVERY panel
 -- (a panel is one run and layer), at most $n_points of them picked by a seeded hash, with what
--- the charts colour and show: phone, its name if among the layer's $top_n most frequent (else
--- 'other'), its class (the `phone_classes` table, registered by the caller), speaker (the $top_n
--- with most audio, else 'other'),
--- utterance metadata, time, and the frame's k-means cluster in that panel (k = $k; null if none).
+-- the charts colour and show: the frame's label on $tier, its name if among the layer's $top_n
+-- most frequent labels (else 'other'; '(none)' outside any interval), its phone and the phone's
+-- class (the `phone_classes` table, registered by the caller), speaker (the $top_n with most
+-- audio, else 'other'), utterance metadata, time, how many reference transcripts disagree with
+-- the model at the frame (`frame_disagreement` of the first panel's run under $rule; null without
+-- one), and the frame's k-means cluster in that panel (k = $k; null if none).
 -- One row per panel and frame.
--- params: $panels ('run:layer,run:layer,…'), $method, $k, $n_points, $top_n, $seed
+-- $tier: 'phone' or 'word' (columns of `frames`) or any `segments` tier (e.g. ctc_greedy): the
+-- interval holding the frame's centre (run geometry; start inclusive, end exclusive).
+-- params: $panels ('run:layer,run:layer,…'), $method, $k, $n_points, $top_n, $seed, $tier, $rule
 with panel_list as (
     select unnest(string_split($panels, ',')) as item, generate_subscripts(string_split($panels, ','), 1) as panel
 ),
@@ -40,19 +44,40 @@ first_panel as (
     select run, layer from panels where panel = 1
 ),
 
-labelled as (
-    select f.utterance_id, f.frame, f.time_s, f.phone, u.speaker, u.metadata
-    from frames f
-    join first_panel fp on f.run = fp.run and f.layer = fp.layer
-    semi join picked k on f.utterance_id = k.utterance_id and f.frame = k.frame
-    left join utterances u on u.run = f.run and u.utterance_id = f.utterance_id
+geometry as (
+    select
+        (r.facts -> 'geometry' ->> 'hop_samples')::double as hop,
+        (r.facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
+        (r.facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
+    from runs r
+    join first_panel fp on r.run = fp.run
 ),
 
-phone_rank as (  -- top phones by frames in the whole layer, not in the (balanced) sample
-    select f.phone, row_number() over (order by count(*) desc, f.phone) as rank
+layer_frames as (  -- every frame of the first panel's layer, labelled on $tier
+    select
+        f.utterance_id, f.frame, f.time_s, f.phone,
+        case $tier when 'phone' then f.phone when 'word' then f.word else s.label end as label
     from frames f
     join first_panel fp on f.run = fp.run and f.layer = fp.layer
-    group by f.phone
+    left join geometry g on true  -- a run without geometry still has its phone and word columns
+    left join segments s
+        on $tier not in ('phone', 'word')
+        and s.run = f.run and s.tier = $tier and s.utterance_id = f.utterance_id
+        and (g.hop * f.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * f.frame + g.rf / 2) / g.rate < s.end_s
+),
+
+labelled as (
+    select lf.utterance_id, lf.frame, lf.time_s, lf.phone, lf.label, u.speaker, u.metadata
+    from layer_frames lf
+    semi join picked k on lf.utterance_id = k.utterance_id and lf.frame = k.frame
+    left join utterances u on u.run = (select run from first_panel) and u.utterance_id = lf.utterance_id
+),
+
+label_rank as (  -- top labels by frames in the whole layer, not in the (balanced) sample
+    select label, row_number() over (order by count(*) desc, label) as rank
+    from layer_frames
+    where label is not null
+    group by label
 ),
 
 speaker_rank as (  -- top speakers by audio duration in the run
@@ -62,24 +87,36 @@ speaker_rank as (  -- top speakers by audio duration in the run
     group by u.speaker
 ),
 
+disagreement as (
+    select d.utterance_id, d.frame, d.n_disagree, d.n_references
+    from frame_disagreement d
+    join first_panel fp on d.run = fp.run
+    where d.rule = $rule
+),
+
 described as (
     select
         l.*,
-        case when pr.rank <= $top_n then l.phone else 'other' end as phone_top,
-        case when pr.rank <= $top_n then pr.rank else $top_n + 1 end as phone_top_rank,
+        case when l.label is null then '(none)' when lr.rank <= $top_n then l.label else 'other' end as label_top,
+        case when l.label is null then $top_n + 2 when lr.rank <= $top_n then lr.rank else $top_n + 1 end
+            as label_top_rank,
         coalesce(pc.class, 'other') as phone_class,
         case when sr.rank <= $top_n then l.speaker else 'other' end as speaker_top,
-        case when sr.rank <= $top_n then sr.rank else $top_n + 1 end as speaker_top_rank
+        case when sr.rank <= $top_n then sr.rank else $top_n + 1 end as speaker_top_rank,
+        d.n_disagree,
+        d.n_references
     from labelled l
-    left join phone_rank pr on pr.phone is not distinct from l.phone
+    left join label_rank lr on lr.label is not distinct from l.label
     left join speaker_rank sr on sr.speaker is not distinct from l.speaker
     left join phone_classes pc on pc.label = l.phone
+    left join disagreement d on d.utterance_id = l.utterance_id and d.frame = l.frame
 ),
 
 final as (
     select
-        p.panel, p.run, p.layer, d.utterance_id, d.frame, d.time_s, d.phone, d.phone_top, d.phone_top_rank,
-        d.phone_class, d.speaker, d.speaker_top, d.speaker_top_rank, d.metadata, p.x, p.y, c.cluster
+        p.panel, p.run, p.layer, d.utterance_id, d.frame, d.time_s, d.phone, d.phone_class, d.label, d.label_top,
+        d.label_top_rank, d.speaker, d.speaker_top, d.speaker_top_rank, d.metadata, d.n_disagree, d.n_references,
+        p.x, p.y, c.cluster
     from points p
     join described d on d.utterance_id = p.utterance_id and d.frame = p.frame
     left join clusters c

@@ -1,4 +1,5 @@
--- The report's metric table: one row per run, k and layer, one column per headline metric.
+-- The report's metric table: one row per run, k and layer, one column per headline metric, and
+-- the layer's speaker-disjoint linear phone probe (balanced accuracy, and its chance level).
 -- params: $runs (comma-separated run names), $tier, $subset
 with wanted_runs as (
     select unnest(string_split($runs, ',')) as run, generate_subscripts(string_split($runs, ','), 1) as run_order
@@ -25,6 +26,8 @@ pivoted as (
         max(value) filter (where metric = 'label_purity') as label_purity,
         max(value) filter (where metric = 'pnmi') as pnmi,
         max(value) filter (where metric = 'silhouette') as silhouette,
+        max(value) filter (where metric = 'probe_balanced_accuracy') as probe_balanced_accuracy,
+        max(value) filter (where metric = 'probe_chance') as probe_chance,
         max(n) filter (where metric = 'ami') as n_frames
     from picked
     group by run, k, layer

@@ -14,14 +14,18 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
+import pyarrow as pa
 import pytest
 import vl_convert as vlc
 from altair.vegalite.v6.schema import load_schema
+from conftest import run_checks
 
 from pipeline import charts
+from pipeline import transcripts as T
 from pipeline.analyze import AnalyzeConfig, analyze
 from pipeline.phone_classes import ARPABET, CLASSES, TIMIT, classify, detect_inventory, embedded_classes
 from pipeline.report import build_report, key_layers
+from pipeline.schemas import SEGMENTS
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 from test_reduce import make_frames_warehouse
@@ -31,16 +35,71 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
                   "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
 K = 4
+GEOMETRY = {"receptive_field_samples": 400, "hop_samples": 320, "sample_rate_hz": 16000}  # 20 ms hop
+HOP_S = 0.02
+# greedy CTC frame labels of the synthetic corpus: one character per phone, silence and unlabelled frames blank
+GREEDY = {"sil": T.BLANK_LABEL, None: T.BLANK_LABEL, "a": "A", "i:": "I", "s": "S", "t": "T", "n": "N", "l": "L",
+          "D": "D"}
+
+
+def frame_phones(root: Path, run: str) -> dict[str, list]:
+    rows = Warehouse(root).connect().execute(
+        "select utterance_id, phone from frames where run = ? and layer = -1 order by utterance_id, frame",
+        [run]).fetchall()
+    out: dict[str, list] = {}
+    for utt, phone in rows:
+        out.setdefault(utt, []).append(phone)
+    return out
+
+
+def add_greedy_tier(root: Path, run: str) -> dict[str, list[str]]:
+    """A `ctc_greedy` segments tier (what `labels` writes): one interval per run of equal greedy labels,
+    frame f covering [f, f + 1) × 20 ms + 2.5 ms, so its centre (f × 20 ms + 12.5 ms) lies inside."""
+    wh = Warehouse(root)
+    labels = {utt: [GREEDY[p] for p in phones] for utt, phones in frame_phones(root, run).items()}
+    rows = []
+    for utt, frames in labels.items():
+        starts = [0] + [f for f in range(1, len(frames)) if frames[f] != frames[f - 1]]
+        for idx, (a, b) in enumerate(zip(starts, starts[1:] + [len(frames)])):
+            rows.append({"utterance_id": utt, "tier": T.GREEDY_TIER, "idx": idx, "label": frames[a],
+                         "start_s": 0.0025 + HOP_S * a, "end_s": 0.0025 + HOP_S * b, "source": "test"})
+    record = wh.write("segments", pa.Table.from_pylist(rows, schema=SEGMENTS), run, 0, file_prefix="ctc")
+    wh.commit(run, f"labels.{T.GREEDY_TIER}", 0, [record])
+    return labels
+
+
+def write_transcripts(root: Path, run: str, layers=(-1, 0, 1, 2)) -> None:
+    """`decoded` for every layer at k = K and `frame_disagreement` (rule gap) against three references:
+    the model's own transcript (agrees), one with its 2nd character substituted, one with that
+    character substituted and its 4th deleted, so frames disagree with 0, 1 or 2 references."""
+    wh = Warehouse(root)
+    con = wh.connect()
+    labels = T.greedy_frame_labels(query(None, "tier_segments", {"run": run, "tier": T.GREEDY_TIER}, con=con), HOP_S)
+    for layer in layers:
+        table = T.decoded_table(labels, query(None, "clusters_of", {"run": run, "layer": layer, "k": K}, con=con))
+        wh.commit(run, f"transcripts.decoded.k{K}", layer, [wh.write("decoded", table, run, 0, layer=layer, k=K)])
+    references = {}
+    for utt, frames in labels.items():
+        own = T.greedy_transcript(frames)
+        substituted = own[:1] + "x" + own[2:]
+        references[utt] = [own, substituted, substituted[:3] + substituted[4:]]
+    table = T.disagreement_table(labels, references, rule="gap")
+    wh.commit(run, "transcripts.disagreement.gap", 0, [wh.write("frame_disagreement", table, run, 0, rule="gap")])
 
 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory) -> Path:
-    """Two runs of one synthetic corpus ('pre', 'ft'), analysed with k = 4, and one not analysed ('raw')."""
+    """Two runs of one synthetic corpus ('pre', 'ft'), analysed with k = 4, and one not analysed ('raw').
+    'pre' alone also has per-gender scores (`analyze --by gender`), a ctc_greedy tier, and the
+    `transcripts` tables."""
     root = tmp_path_factory.mktemp("report") / "wh"
     for run, seed in [("pre", 0), ("ft", 1), ("raw", 2)]:
         make_frames_warehouse(root, run=run, seed=seed)
-    for run in ("pre", "ft"):
-        analyze(AnalyzeConfig(run=run, warehouse=str(root), k=K, sample_per_label=40))
+        Warehouse(root).ensure_facts(run, {"geometry": GEOMETRY})  # frame centres for segment tiers
+    add_greedy_tier(root, "pre")
+    analyze(AnalyzeConfig(run="pre", warehouse=str(root), k=K, sample_per_label=40, by="gender"))
+    analyze(AnalyzeConfig(run="ft", warehouse=str(root), k=K, sample_per_label=40))
+    write_transcripts(root, "pre")
     return root
 
 
@@ -64,7 +123,17 @@ def test_report_has_the_expected_figures(report):
         assert f"map_pca_all_layers_{run}" in names and f"contingency_{run}_k{K}" in names
     assert "map_pca_runs" in names and "map_tsne_runs" in names
     assert "cka_pre_ft" in names and "agreement_pre" in names
+    # only 'pre' was analysed --by gender and has transcripts
+    assert f"groups_pre_gender_k{K}" in names and not [n for n in names if n.startswith("groups_ft")]
+    assert names[-2:] == ["decoded_cer", "disagreement_counts"]
     assert report[1]["k"] == K
+    page = report[0].read_text()
+    assert "Variants and groups" in page and "Transcripts and transcriber disagreement" in page
+    colourings = {f["name"]: f["colourings"] for f in report[1]["figures"] if f["query"] == "report_map_points"}
+    assert "disagreement" in colourings["map_tsne_pre_-1_pre_1_pre_2"] and "disagreement" in colourings["map_tsne_runs"]
+    assert colourings["map_pca_all_layers_pre"] == ["phone_class", "disagreement"]
+    assert "disagreement" not in colourings["map_tsne_ft_-1_ft_1_ft_2"]
+    assert colourings["map_pca_all_layers_ft"] == ["phone_class"]
 
 
 def test_every_spec_validates_and_compiles(report):
@@ -213,6 +282,151 @@ def test_model_against_model_section(report, warehouse):
     assert diagonal[-1] > 0.3
 
 
+def test_probe_balanced_accuracy_is_drawn_with_its_chance_level(report, warehouse):
+    spec = spec_of(report, "metric_curves")
+    probe = spec["concat"][-1]
+    accuracy, chance = probe["layer"]
+    assert accuracy["transform"][0]["filter"] == {"field": "metric", "equal": "probe_balanced_accuracy"}
+    assert chance["transform"][0]["filter"] == {"field": "metric", "equal": "probe_chance"}
+    assert chance["mark"]["strokeDash"] == [4, 3]
+    rows = charts.data_rows(spec)
+    direct = Warehouse(warehouse).connect().execute(
+        "select run, layer, metric, value from metrics where tier = 'phone' and subset = 'all' "
+        "and metric in ('probe_balanced_accuracy', 'probe_chance')").fetchall()
+    drawn = {(r["run"], r["layer"], r["metric"]): r["value"] for r in rows if r["metric"].startswith("probe")}
+    assert drawn == {(run, layer, m): round(v, 4) for run, layer, m, v in direct}
+    assert len(drawn) == 2 * 4 * 2  # two runs, four layers, accuracy and chance
+    for (run, layer, metric), value in drawn.items():
+        if metric == "probe_chance":  # 1 / labels in the held-out speakers' frames: 8 phones here
+            assert value == round(1 / 7, 4) or value == round(1 / 8, 4), (run, layer, value)
+    # the synthetic phones sharpen with depth: the last layer reads them far above chance
+    assert drawn[("pre", 2, "probe_balanced_accuracy")] > 3 * drawn[("pre", 2, "probe_chance")]
+
+
+def test_variants_and_groups_figure(report, warehouse):
+    fig = next(f for f in report[1]["figures"] if f["name"] == f"groups_pre_gender_k{K}")
+    assert fig["params"] == {"run": "pre", "k": K, "tier": "phone", "by": "gender"}
+    assert fig["groups"] == ["female", "male"]
+    spec = spec_of(report, fig["name"])
+    assert [p["title"] for p in spec["hconcat"]] == ["AMI of the layer's k-means, per gender",
+                                                      "k-means: own group vs the other groups",
+                                                      "phone probe: own group vs the other groups"]
+    rows = charts.data_rows(spec)
+    direct = Warehouse(warehouse).connect().execute(
+        "select layer, group_value, metric, value from group_metrics where run = 'pre' and attribute = 'gender' "
+        "and metric in ('ami', 'ami_within', 'ami_transfer', 'probe_balanced_accuracy_within', "
+        "'probe_balanced_accuracy_transfer')").fetchall()
+    assert {(r["layer"], r["group_value"], r["metric"]): r["value"] for r in rows} == {
+        (layer, g, m): round(v, 4) for layer, g, m, v in direct}
+    by_key = {(r["layer"], r["group_value"], r["score"], r["fit"]): r["value"] for r in rows}
+    for r in rows:
+        within = by_key.get((r["layer"], r["group_value"], r["score"], "within"))
+        transfer = by_key.get((r["layer"], r["group_value"], r["score"], "transfer"))
+        if within is None or transfer is None:
+            assert r["gap"] is None
+        else:
+            assert r["gap"] == pytest.approx(within - transfer, abs=2e-4)
+    # every labelled frame of a layer is scored in its gender's group ('female' is spk-b)
+    n = {(r["layer"], r["group_value"]): r["n"] for r in rows if r["metric"] == "ami"}
+    labelled = dict(Warehouse(warehouse).connect().execute(
+        "select u.metadata['gender'], count(*) from frames f join utterances u using (run, utterance_id) "
+        "where f.run = 'pre' and f.layer = 2 and f.phone is not null group by 1").fetchall())
+    assert {g: n[(2, g)] for g in ("female", "male")} == labelled
+    # the female group has one speaker: its within-group probe (speaker-disjoint) cannot exist
+    assert ("female" not in {r["group_value"] for r in rows if r["metric"] == "probe_balanced_accuracy_within"})
+
+
+def test_transcripts_section(report, warehouse):
+    con = Warehouse(warehouse).connect()
+    cer = charts.data_rows(spec_of(report, "decoded_cer"))
+    assert [(r["run"], r["layer"], r["k"]) for r in cer] == [("pre", layer, K) for layer in (-1, 0, 1, 2)]
+    for r in cer:
+        edits, chars = con.execute("select sum(n_edits), sum(n_reference_chars) from decoded "
+                                   "where run = 'pre' and layer = ? and k = ?", [r["layer"], K]).fetchone()
+        assert (r["n_edits"], r["n_reference_chars"]) == (edits, chars) and r["cer"] == round(edits / chars, 4)
+        assert r["n_utterances"] == 12
+    counts = charts.data_rows(spec_of(report, "disagreement_counts"))
+    assert [(r["run"], r["rule"], r["n_disagree"], r["n_references"]) for r in counts] == [
+        ("pre", "gap", 0, 3), ("pre", "gap", 1, 3), ("pre", "gap", 2, 3)]
+    frames = con.execute("select count(*) from frames where run = 'pre' and layer = -1").fetchone()[0]
+    assert sum(r["n_frames"] for r in counts) == frames
+    assert sum(r["share"] for r in counts) == pytest.approx(1, abs=1e-3)
+    # the maps colour each frame by its own count: the same frames, the same numbers
+    disagree = dict(((u, f), n) for u, f, n in con.execute(
+        "select utterance_id, frame, n_disagree from frame_disagreement where run = 'pre' and rule = 'gap'").fetchall())
+    for name in ("map_tsne_pre_-1_pre_1_pre_2", "map_tsne_runs"):
+        points = charts.data_rows(spec_of(report, name))
+        assert {(p["utterance_id"], p["frame"]): p["n_disagree"] for p in points} == {
+            (p["utterance_id"], p["frame"]): disagree[(p["utterance_id"], p["frame"])] for p in points}
+        assert {p["disagreement"] for p in points} == {"0", "1", "2"}
+    assert {p["n_disagree"] for p in charts.data_rows(spec_of(report, "map_tsne_ft_-1_ft_1_ft_2"))} == {None}
+
+
+def test_sections_of_later_stages_are_absent_without_their_tables(warehouse, tmp_path):
+    path = build_report(["ft"], warehouse=str(warehouse), out=str(tmp_path / "ft"), map_points=100,
+                        methods=("pca",), png=False)
+    info = json.loads((path.parent / "report.json").read_text())
+    assert [f["name"] for f in info["figures"]] == [
+        "metric_curves", "map_pca_ft_-1_ft_1_ft_2", "map_pca_all_layers_ft", f"contingency_ft_k{K}"]
+    assert all("disagreement" not in f.get("colourings", []) for f in info["figures"])
+    page = path.read_text()
+    assert "Variants and groups" not in page and "Transcripts and transcriber disagreement" not in page
+    # 'pre' scored by gender at k = 4 only: another k shows no group figure
+    con = charts.connect(warehouse)
+    assert charts.group_attributes(con, ["pre"], K, "phone") == [
+        {"run": "pre", "attribute": "gender", "n_groups": 2, "n_layers": 4}]
+    assert charts.group_attributes(con, ["pre"], K + 1, "phone") == []
+    assert charts.group_attributes(con, ["ft"], K, "phone") == []
+
+
+def test_report_on_a_segments_tier(warehouse, tmp_path):
+    """--tier ctc_greedy: clusters fitted and scored on the greedy labels (from `segments`, by the
+    frame centre), maps and heatmap labelled with them."""
+    root = tmp_path / "wh"
+    shutil.copytree(warehouse, root)  # the module's warehouse keeps its phone clusterings
+    analyze(AnalyzeConfig(run="pre", warehouse=str(root), k=K, sample_per_label=40, tier=T.GREEDY_TIER))
+    greedy = {utt: [GREEDY[p] for p in phones] for utt, phones in frame_phones(root, "pre").items()}
+    con = charts.connect(root)
+    counts = query(None, "report_label_counts", {"run": "pre", "layer": 1, "tier": T.GREEDY_TIER}, con=con)
+    expected: dict[str, int] = {}
+    for labels in greedy.values():
+        for label in labels:
+            expected[label] = expected.get(label, 0) + 1
+    assert dict(zip(counts["label"].to_pylist(), counts["n_frames"].to_pylist())) == expected
+    path = build_report(["pre"], warehouse=str(root), out=str(tmp_path / "out"), map_points=150, methods=("pca",),
+                        png=False, tier=T.GREEDY_TIER, recompute=True)
+    info = json.loads((path.parent / "report.json").read_text())
+    assert info["tier"] == T.GREEDY_TIER
+    assert len(info["reductions_computed"]) == 4  # PCA of every layer, recomputed on a ctc_greedy-balanced sample
+    sampled = Warehouse(root).connect().execute(
+        "select utterance_id, frame, label from reductions where run = 'pre' and layer = 1 and method = 'pca'",
+    ).fetchall()
+    assert sampled and all(label == greedy[utt][frame] for utt, frame, label in sampled)
+    names = [f["name"] for f in info["figures"]]
+    assert f"contingency_pre_k{K}_{T.GREEDY_TIER}" in names and f"groups_pre_gender_k{K}" not in names
+    curves = charts.data_rows(json.loads((path.parent / "specs" / "metric_curves.vl.json").read_text()))
+    assert curves and {r["tier"] for r in curves} == {T.GREEDY_TIER}
+    for name in names:
+        spec = json.loads((path.parent / "specs" / f"{name}.vl.json").read_text())
+        assert vlc.vegalite_to_vega(spec, vl_version="6.4")["marks"], name
+        rows = charts.data_rows(spec)
+        if name.startswith("map_pca_pre"):
+            assert rows and all(r["label"] == greedy[r["utterance_id"]][r["frame"]] for r in rows), name
+            assert {r["label_top"] for r in rows} <= set(GREEDY.values())
+        if name.startswith("contingency"):
+            assert {r["label"] for r in rows} <= set(GREEDY.values())
+            for layer in (-1, 1, 2):
+                shares = {}
+                for r in rows:
+                    if r["layer"] == layer:
+                        shares[r["label"]] = shares.get(r["label"], 0) + r["share_of_label"]
+                assert shares and all(v == pytest.approx(1, abs=1e-3) for v in shares.values())
+    assert all(v == 0 for v in run_checks(root).values())
+    offered = r"use one of \['ctc_greedy', 'phone', 'word'\]"
+    with pytest.raises(ValueError, match=r"run\(s\) \['pre'\] have no tier 'nope': " + offered):
+        build_report(["pre"], warehouse=str(root), out=str(tmp_path / "x"), tier="nope")
+
+
 def test_a_second_build_reuses_the_reductions(report, warehouse, tmp_path):
     assert len(report[1]["reductions_computed"]) == 2 * (4 + 3)  # PCA of 4 layers, t-SNE of 3, per run
     build_report("pre,ft", warehouse=str(warehouse), out=str(tmp_path / "again"), map_points=200,
@@ -231,6 +445,7 @@ def test_a_run_without_analysis_still_gets_maps(warehouse, tmp_path):
     assert [f["name"] for f in info["figures"]] == ["map_pca_raw_-1_raw_1_raw_2", "map_pca_all_layers_raw"]
     assert info["k"] is None
     assert "No metrics yet" in path.read_text()
+    assert "Variants and groups" not in path.read_text() and "Transcripts and" not in path.read_text()
 
 
 def test_runs_that_cannot_be_compared_get_a_note_instead_of_charts(tmp_path):
@@ -351,6 +566,21 @@ def test_chromium_renders_every_chart_offline_and_legend_clicks_highlight_across
         assert len(re.findall(r'<svg[^>]*class="marks"', chunk)) == 1, name
         marks = re.findall(r'class="mark-(symbol|rect|line)[^"]*"(.*?)</g>', chunk, re.S)
         assert sum(m[1].count("<path") for m in marks) > 0, f"{name}: nothing drawn"
+    chunks = {name: dom[start:end] for (start, name), (end, _) in zip(starts, starts[1:] + [(len(dom), "")])}
+    # the probe panel draws the chance level as a dashed line
+    assert 'stroke-dasharray="4,3"' in chunks["metric_curves"]
+    # groups, one line each: AMI per gender (2); k-means within and transfer per gender (4); the probe
+    # within and transfer for 'male', transfer only for 'female' (one speaker: no disjoint split) (3)
+    group_lines = re.findall(r'class="mark-line role-mark[^"]*"(.*?)</g>', chunks[f"groups_pre_gender_k{K}"], re.S)
+    assert len(group_lines) == 9 and all(g.count("<path") == 1 for g in group_lines), len(group_lines)
+    assert 'stroke-dasharray="5,3"' in chunks[f"groups_pre_gender_k{K}"]
+    # one bar per disagreement count (0, 1, 2 references)
+    bars = re.search(r'class="mark-rect role-mark[^"]*"(.*?)</g>', chunks["disagreement_counts"], re.S).group(1)
+    assert bars.count("<path") == 3
+    assert len(re.findall(r'class="mark-line role-mark', chunks["decoded_cer"])) == 1
+    # the maps of 'pre' have a row coloured by the count, with its legend
+    assert ">references disagreeing</text>" in chunks["map_tsne_pre_-1_pre_1_pre_2"]
+    assert ">references disagreeing</text>" not in chunks["map_tsne_ft_-1_ft_1_ft_2"]
     heat = next(f for f in figures if f["name"] == "cka_pre_ft")
     start = dom.index(f'id="{heat["div"]}"')
     chunk = dom[start:dom.index("</svg>", start)]
@@ -363,8 +593,8 @@ def test_chromium_renders_every_chart_offline_and_legend_clicks_highlight_across
     assert set(before) == {"0.85"}, before  # nothing selected: every point drawn opaque
     dimmed, kept = after.get("0.06", 0), after.get("0.85", 0)
     assert dimmed > 0 and kept > 0 and dimmed + kept <= sum(before.values()), after
-    # the same frames in the 3 panels × 5 colourings are highlighted: a multiple of 15
-    assert kept % 15 == 0, after
+    # the same frames in the 3 panels × 6 colourings (disagreement included) are highlighted
+    assert len(target["colourings"]) == 6 and kept % 18 == 0, after
 
 
 @pytest.mark.slow
