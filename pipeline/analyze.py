@@ -177,7 +177,7 @@ def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con, committed:
     sizes = np.zeros(cfg.k, np.int64)
     own_column = cfg.tier in FRAME_TIERS
     columns = ["utterance_id", "frame", "vector"] + ([cfg.tier] if own_column else [])
-    geometry = FrameGeometry(**wh.read_facts(cfg.run)["geometry"])
+    geometry = None if own_column else FrameGeometry(**wh.read_facts(cfg.run)["geometry"])
     for path in layer_files(wh, cfg.run, layer, committed):
         parts = []
         for batch in pq.ParquetFile(wh.root / path).iter_batches(batch_size=cfg.batch_frames, columns=columns):
