@@ -66,11 +66,21 @@ layer_frames as (  -- every frame of the first panel's layer, labelled on $tier
         and (g.hop * f.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * f.frame + g.rf / 2) / g.rate < s.end_s
 ),
 
+attached as (  -- attributes attached from files (`python -m pipeline metadata`) override the corpus's own
+    select utterance_id, map_from_entries(list({'key': key, 'value': value})) as attrs
+    from utterance_attributes
+    where run = (select run from first_panel)
+    group by utterance_id
+),
+
 labelled as (
-    select lf.utterance_id, lf.frame, lf.time_s, lf.phone, lf.label, u.speaker, u.metadata
+    select
+        lf.utterance_id, lf.frame, lf.time_s, lf.phone, lf.label, u.speaker,
+        case when a.attrs is null then u.metadata else map_concat(coalesce(u.metadata, map()), a.attrs) end as metadata
     from layer_frames lf
     semi join picked k on lf.utterance_id = k.utterance_id and lf.frame = k.frame
     left join utterances u on u.run = (select run from first_panel) and u.utterance_id = lf.utterance_id
+    left join attached a on a.utterance_id = lf.utterance_id
 ),
 
 label_rank as (  -- top labels by frames in the whole layer, not in the (balanced) sample
