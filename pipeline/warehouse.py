@@ -268,6 +268,12 @@ class Warehouse:
         runs_table = pa.Table.from_pylist(facts, schema=pa.schema([("run", pa.string()), ("facts", pa.string())]))
         con.register("_runs_table", runs_table)
         con.execute("create or replace view runs as select run, facts::json as facts from _runs_table")
+        # frame geometry per run, for frame centres in SQL: (hop * frame + rf / 2) / rate, float64 as in Python
+        con.execute("create or replace view run_geometry as select run, "
+                    "(facts -> 'geometry' ->> 'hop_samples')::double as hop, "
+                    "(facts -> 'geometry' ->> 'receptive_field_samples')::double as rf, "
+                    "(facts -> 'geometry' ->> 'sample_rate_hz')::double as rate "
+                    "from runs where (facts -> 'geometry') is not null")
         return con
 
 

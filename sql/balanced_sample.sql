@@ -9,20 +9,11 @@
 -- Frames are chosen on their keys alone; vectors are fetched for the chosen ones only, so memory
 -- follows the sample, not the layer.
 -- params: $run, $layer, $per_label, $seed, $tier, $by
-with geometry as (
-    select
-        (facts -> 'geometry' ->> 'hop_samples')::double as hop,
-        (facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
-        (facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
-    from runs
-    where run = $run
-),
-
-keys as (
+with keys as (
     -- the centre in float64 from the frame index, as extraction computes it for `phone`
     select f.utterance_id, f.frame, (g.hop * f.frame + g.rf / 2) / g.rate as centre_s, f.phone, f.word
     from frames f
-    cross join geometry g
+    left join run_geometry g on g.run = f.run  -- a run without geometry still has phone and word
     where f.run = $run and f.layer = $layer
 ),
 

@@ -11,15 +11,6 @@ with wanted as (
     select cast(unnest(string_split($layers, ',')) as bigint) as layer
 ),
 
-geometry as (
-    select
-        (facts -> 'geometry' ->> 'hop_samples')::double as hop,
-        (facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
-        (facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
-    from runs
-    where run = $run
-),
-
 framed as (
     select c.layer, c.utterance_id, c.frame, c.cluster, f.phone, f.word
     from clusters c
@@ -32,7 +23,7 @@ joined as (
         fr.layer, fr.cluster,
         case $tier when 'phone' then fr.phone when 'word' then fr.word else s.label end as label
     from framed fr
-    left join geometry g on true  -- a run without geometry still has its phone and word columns
+    left join run_geometry g on g.run = $run  -- a run without geometry still has phone and word
     left join segments s
         on $tier not in ('phone', 'word')
         and s.run = $run and s.tier = $tier and s.utterance_id = fr.utterance_id

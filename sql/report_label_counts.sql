@@ -4,19 +4,10 @@
 -- the label of the interval holding the frame's centre, start inclusive, end exclusive (the
 -- centre from the run's recorded geometry, as sql/balanced_sample.sql computes it).
 -- params: $run, $layer, $tier
-with geometry as (
-    select
-        (facts -> 'geometry' ->> 'hop_samples')::double as hop,
-        (facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
-        (facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
-    from runs
-    where run = $run
-),
-
-keys as (
+with keys as (
     select f.utterance_id, f.phone, f.word, (g.hop * f.frame + g.rf / 2) / g.rate as centre_s
     from frames f
-    left join geometry g on true  -- a run without geometry still has its phone and word columns
+    left join run_geometry g on g.run = f.run  -- a run without geometry still has phone and word
     where f.run = $run and f.layer = $layer
 ),
 

@@ -44,22 +44,13 @@ first_panel as (
     select run, layer from panels where panel = 1
 ),
 
-geometry as (
-    select
-        (r.facts -> 'geometry' ->> 'hop_samples')::double as hop,
-        (r.facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
-        (r.facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
-    from runs r
-    join first_panel fp on r.run = fp.run
-),
-
 layer_frames as (  -- every frame of the first panel's layer, labelled on $tier
     select
         f.utterance_id, f.frame, f.time_s, f.phone,
         case $tier when 'phone' then f.phone when 'word' then f.word else s.label end as label
     from frames f
     join first_panel fp on f.run = fp.run and f.layer = fp.layer
-    left join geometry g on true  -- a run without geometry still has its phone and word columns
+    left join run_geometry g on g.run = f.run  -- a run without geometry still has phone and word
     left join segments s
         on $tier not in ('phone', 'word')
         and s.run = f.run and s.tier = $tier and s.utterance_id = f.utterance_id
