@@ -6,8 +6,8 @@
 -- Each row also carries the utterance's speaker and its value of $by (speaker, split, corpus, an
 -- attached attribute, or a metadata key such as gender or dialect; '' for none), for probes and
 -- per-group scores (as sql/utterance_groups.sql resolves it).
--- Frames are chosen on their keys alone; vectors are fetched for the chosen ones only, so memory
--- follows the sample, not the layer.
+-- Frames are chosen on their keys alone, by a bounded top-N per label; vectors are fetched for the
+-- chosen ones only, so memory follows the sample, not the layer.
 -- params: $run, $layer, $per_label, $seed, $tier, $by
 with keys as (
     -- the centre in float64 from the frame index, as extraction computes it for `phone`
@@ -29,16 +29,20 @@ tiered as (
         and k.centre_s >= s.start_s and k.centre_s < s.end_s
 ),
 
-ranked as (
+picked as (
+    -- the $per_label frames of each label with the smallest (hash, utterance_id, frame): a bounded
+    -- top-N heap per label (min_by with n), so memory follows labels × $per_label, never the layer
     select
-        *,
-        row_number() over (partition by label order by hash(utterance_id, frame, $seed), utterance_id, frame) as pick
+        label,
+        unnest(min_by({'utterance_id': utterance_id, 'frame': frame},
+                      {'h': hash(utterance_id, frame, $seed), 'u': utterance_id, 'f': frame}, $per_label)) as pick
     from tiered
     where label is not null
+    group by label
 ),
 
 chosen as (
-    select utterance_id, frame, label from ranked where pick <= $per_label
+    select pick.utterance_id as utterance_id, pick.frame as frame, label from picked
 ),
 
 final as (
