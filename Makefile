@@ -40,6 +40,7 @@ all: install demo-models  ## before/after on the embedded default: extract, labe
 	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --methods pca
 	$(PY) -m pipeline reduce --run $(AFTER) --warehouse $(WH) --methods pca
 	$(PY) -m pipeline report --runs $(RUN),$(AFTER) --warehouse $(WH) --out $(WH)/report
+	$(PY) -m pipeline report --runs $(RUN),$(AFTER) --warehouse $(WH) --tier ctc_greedy --methods pca --out $(WH)/report-ctc_greedy
 
 test: install  ## every test, slow ones included (what CI runs)
 	$(PY) -m pytest

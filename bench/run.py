@@ -769,7 +769,10 @@ def _assign_rates(km, k: int, d: int, plan: Plan) -> dict:
 def analyze_memory(ctx: Context) -> dict:
     """Peak RSS of `python -m pipeline analyze` on a run and on a run ten times longer, with the same
     k-means sample (sample_per_label small enough that the shorter run already fills it), so the
-    only difference is the number of frames streamed through the centroids."""
+    only difference is the number of frames streamed through the centroids. The shorter run has two
+    files per layer, the longer twenty: with a single file, the 1x run would stop before the
+    streaming loop reaches its steady state (measured: RSS grows over the first two files, then
+    stays flat file after file)."""
     from pipeline.extract import ExtractConfig, extract
     from pipeline.model import default_model_path, ensure_default_model
 
@@ -781,7 +784,8 @@ def analyze_memory(ctx: Context) -> dict:
         corpus, _ = ctx.corpus(plan.analyze_utterances, times=times)
         run = f"analyze_mem_{label}"
         counts = extract(ExtractConfig(run=run, format="hf", corpus=str(corpus), layers=ANALYZE_LAYERS,
-                                       warehouse=str(wh), overwrite=True, progress=False))
+                                       shard_size=plan.analyze_utterances // 2, warehouse=str(wh), overwrite=True,
+                                       progress=False))
         frames[label] = counts.frames // len(ANALYZE_LAYERS.split(","))
         args = ["analyze", "--run", run, "--warehouse", str(wh), "--k", str(ANALYZE_K),
                 "--sample-per-label", str(ANALYZE_SAMPLE_PER_LABEL), "--batch-frames", str(ANALYZE_BATCH_FRAMES)]
@@ -792,7 +796,8 @@ def analyze_memory(ctx: Context) -> dict:
               "checks": [check("analyze peak RSS, 10x frames / 1x frames", ratio, "<=", 1.1)]}
     result["summary"] = [
         f"python -m pipeline analyze, default model, layers {ANALYZE_LAYERS}, k = {ANALYZE_K}, "
-        f"{ANALYZE_SAMPLE_PER_LABEL} frames per phone in the k-means sample, batches of {ANALYZE_BATCH_FRAMES} frames",
+        f"{ANALYZE_SAMPLE_PER_LABEL} frames per phone in the k-means sample, batches of {ANALYZE_BATCH_FRAMES} frames, "
+        f"shards of {plan.analyze_utterances // 2} utterances",
         *(f"  {k:4s} {v['frames_per_layer']:8,d} frames per layer  peak RSS {v['peak_rss_mb']:7.1f} MB  "
           f"(polled max: first half {v['polled_max_rss_mb_first_half']:.0f} MB, second half "
           f"{v['polled_max_rss_mb_second_half']:.0f} MB)  {v['wall_s']:.1f} s" for k, v in out.items()),
