@@ -200,3 +200,18 @@ def run_checks(warehouse: Path) -> dict[str, int]:
     from pipeline.sql import run_checks as _run
 
     return _run(str(warehouse))
+
+
+# ---------------------------------------------------------------- the original study's published data
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "original_lp_test"
+
+
+def reference_dir() -> Path:
+    """The golden reference folder; skipped where it is absent, a failure under CI."""
+    if not (REFERENCE / "frames.parquet").is_file():
+        message = f"golden reference data not found at {REFERENCE}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: the golden test must run)")
+        pytest.skip(message)
+    return REFERENCE

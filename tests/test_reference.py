@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import reference_dir
 
 from pipeline.kmeans import assign, fit_kmeans
 from pipeline.metrics import cluster_metrics
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "original_lp_test"
 FRAMES_SHA256 = "6fb78f84a3ac710fe56ca4fa83587f72f2924d1e7473a8c39627154b437dc602"
 TOL = 1e-6
 # The original's AMI against label_id of its k-means on each PCA plane (reference_metrics.json).
@@ -27,15 +26,6 @@ KMEANS_SPACES = {"pre": "kmeans_pre_pca", "fine": "kmeans_fine_pca"}
 SEEDS = range(5)
 AMI_TOL = 0.02
 INERTIA_REL_TOL = 0.02
-
-
-def reference_dir() -> Path:
-    if not (REFERENCE / "frames.parquet").is_file():
-        message = f"golden reference data not found at {REFERENCE}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: the golden test must run)")
-        pytest.skip(message)
-    return REFERENCE
 
 
 @pytest.fixture(scope="module")

@@ -10,27 +10,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import reference_dir
 
 from pipeline import transcripts as T
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "original_lp_test"
 REFERENCES = [f"text{j}_norm" for j in range(1, 5)]
 CER_TOL = 5e-5
-
-
-def reference_dir() -> Path:
-    if not (REFERENCE / "frames.parquet").is_file():
-        message = f"golden reference data not found at {REFERENCE}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: the golden test must run)")
-        pytest.skip(message)
-    return REFERENCE
 
 
 @pytest.fixture(scope="module")
