@@ -9,24 +9,10 @@
 -- Frames are chosen on their keys alone, by a bounded top-N per label; vectors are fetched for the
 -- chosen ones only, so memory follows the sample, not the layer.
 -- params: $run, $layer, $per_label, $seed, $tier, $by
-with keys as (
-    -- the centre in float64 from the frame index, as extraction computes it for `phone`
-    select f.utterance_id, f.frame, (g.hop * f.frame + g.rf / 2) / g.rate as centre_s, f.phone, f.word
-    from frames f
-    left join run_geometry g on g.run = f.run  -- a run without geometry still has phone and word
-    where f.run = $run and f.layer = $layer
-),
-
-tiered as (
-    select
-        k.utterance_id,
-        k.frame,
-        case $tier when 'phone' then k.phone when 'word' then k.word else s.label end as label
-    from keys k
-    left join segments s
-        on $tier not in ('phone', 'word')
-        and s.run = $run and s.tier = $tier and s.utterance_id = k.utterance_id
-        and k.centre_s >= s.start_s and k.centre_s < s.end_s
+with tiered as (  -- the label on $tier of every frame of the layer (macro frame_labels, pipeline/warehouse.py)
+    select utterance_id, frame, label
+    from frame_labels($run, $tier)
+    where layer = $layer
 ),
 
 picked as (

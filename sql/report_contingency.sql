@@ -11,23 +11,11 @@ with wanted as (
     select cast(unnest(string_split($layers, ',')) as bigint) as layer
 ),
 
-framed as (
-    select c.layer, c.utterance_id, c.frame, c.cluster, f.phone, f.word
+joined as (  -- every clustered frame with its label on $tier (macro frame_labels, pipeline/warehouse.py)
+    select c.layer, c.cluster, fl.label
     from clusters c
-    join frames f on f.run = c.run and f.layer = c.layer and f.utterance_id = c.utterance_id and f.frame = c.frame
+    join frame_labels($run, $tier) fl on fl.layer = c.layer and fl.utterance_id = c.utterance_id and fl.frame = c.frame
     where c.run = $run and c.k = $k and c.layer in (select layer from wanted)
-),
-
-joined as (
-    select
-        fr.layer, fr.cluster,
-        case $tier when 'phone' then fr.phone when 'word' then fr.word else s.label end as label
-    from framed fr
-    left join run_geometry g on g.run = $run  -- a run without geometry still has phone and word
-    left join segments s
-        on $tier not in ('phone', 'word')
-        and s.run = $run and s.tier = $tier and s.utterance_id = fr.utterance_id
-        and (g.hop * fr.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * fr.frame + g.rf / 2) / g.rate < s.end_s
 ),
 
 cells as (

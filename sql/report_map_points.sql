@@ -44,17 +44,10 @@ first_panel as (
     select run, layer from panels where panel = 1
 ),
 
-layer_frames as (  -- every frame of the first panel's layer, labelled on $tier
-    select
-        f.utterance_id, f.frame, f.time_s, f.phone,
-        case $tier when 'phone' then f.phone when 'word' then f.word else s.label end as label
-    from frames f
-    join first_panel fp on f.run = fp.run and f.layer = fp.layer
-    left join run_geometry g on g.run = f.run  -- a run without geometry still has phone and word
-    left join segments s
-        on $tier not in ('phone', 'word')
-        and s.run = f.run and s.tier = $tier and s.utterance_id = f.utterance_id
-        and (g.hop * f.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * f.frame + g.rf / 2) / g.rate < s.end_s
+layer_frames as (  -- every frame of the first panel's layer, labelled on $tier (macro frame_labels)
+    select utterance_id, frame, time_s, phone, label
+    from frame_labels((select run from first_panel), $tier)
+    where layer = (select layer from first_panel)
 ),
 
 attached as (  -- attributes attached from files (`python -m pipeline metadata`) override the corpus's own
