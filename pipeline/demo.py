@@ -56,6 +56,7 @@ import torch
 from pipeline import embedded
 from pipeline.audio import decode
 from pipeline.ctc import collapse
+from pipeline.transcripts import edit_distance
 
 DEMO_MODEL_ID = "default-ctc"  # pipeline.model.DEMO_CTC_MODEL_ID
 SILENCE = "sil"
@@ -277,19 +278,9 @@ def phone_error_rate(model: torch.nn.Module, utts: list[Utterance], vocab: dict[
         best = ctc_logits(model, feats, mask).argmax(-1)
         for b, u in enumerate(batch):
             hyp = [ids[int(t)] for t in collapse(best[b, :len(u.features)].numpy(), blank=vocab[BLANK])[0]]
-            edits += edit_distance(u.phones, hyp)
+            edits += edit_distance(hyp, u.phones)
             n_ref += len(u.phones)
     return edits / max(1, n_ref)
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 # ---------------------------------------------------------------- entry point

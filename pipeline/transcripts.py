@@ -165,8 +165,9 @@ def align(hypothesis: str, reference: str) -> Alignment:
     return Alignment(hypothesis, reference, ops)
 
 
-def edit_distance(hypothesis: str, reference: str) -> int:
-    """Levenshtein distance in characters (unit costs)."""
+def edit_distance(hypothesis: Sequence, reference: Sequence) -> int:
+    """Levenshtein distance (unit costs) between two strings, or two token lists such as phone
+    sequences (edlib compares any hashable elements, up to 256 distinct ones)."""
     if not hypothesis or not reference:
         return len(hypothesis) + len(reference)
     return int(edlib.align(hypothesis, reference, mode="NW", task="distance")["editDistance"])

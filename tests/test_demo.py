@@ -11,16 +11,17 @@ import torch
 
 from pipeline import demo as D
 from pipeline import model as M
+from pipeline.transcripts import edit_distance
 
 QUICK = D.Recipe(limit_steps=3, freeze_steps=1)  # head-only step, then two full steps
 
 
-def test_edit_distance():
-    assert D.edit_distance([], []) == 0
-    assert D.edit_distance(["a", "b", "c"], ["a", "b", "c"]) == 0
-    assert D.edit_distance(["a", "b", "c"], ["a", "c"]) == 1
-    assert D.edit_distance(["a", "b"], ["b", "a", "x"]) == 2
-    assert D.edit_distance(["k", "aI", "t"], []) == 3
+def test_edit_distance_on_phone_lists():  # the phone error rate's distance (pipeline.transcripts)
+    assert edit_distance([], []) == 0
+    assert edit_distance(["a", "b", "c"], ["a", "b", "c"]) == 0
+    assert edit_distance(["a", "b", "c"], ["a", "c"]) == 1
+    assert edit_distance(["a", "b"], ["b", "a", "x"]) == 2
+    assert edit_distance(["k", "aI", "t"], []) == 3
 
 
 def test_folder_name_follows_the_recipe(tmp_path):
