@@ -102,5 +102,9 @@ REASONS = {
     "missing_audio": "an alignment or transcript without its audio",
     "missing_id": "a row without a value in the id column(s)",
     "duplicate_id": "an utterance id seen earlier in the same stream",
-    "model_error": "the model failed on this utterance",
+    "model_error": "the model failed on this utterance (a deterministic error; out-of-memory is retried, never quarantined)",
+    "prepare_error": "an unexpected error while reading or checking this item (the exception is in detail)",
+    "not_a_regular_file": "the audio path is not a regular file (a device, a fifo, a folder)",
+    "audio_too_large": "the audio file is larger than the size cap (PIPELINE_MAX_AUDIO_BYTES)",
+    "duplicate_file": "two files of the corpus differ only in the case of their names: which one is meant is ambiguous",
 }
