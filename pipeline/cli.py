@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 
@@ -171,21 +172,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A mistake (a missing folder, an unknown run, a bad query, an unreachable model) prints
+    one line `error: …` and exits 1; `-v` adds the traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # the libraries' retries and offline notices: our one error line says what matters
+        for name in ("HF_HUB_VERBOSITY", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
+            os.environ.setdefault(name, "error")  # read when those libraries are imported, later
+        for name in ("huggingface_hub", "transformers", "datasets", "urllib3", "filelock", "fsspec"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
                 "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
                 "compare": _compare, "demo-models": _demo_models,
                 "metadata": _metadata}
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted; committed shards are kept, rerun the same command to finish", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line; -v shows where
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return 1
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error: the message of an error we raise (it says what to do), DuckDB's and the
+    file system's own; any other exception is a bug and says so."""
+    import duckdb
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (ValueError, LookupError, OSError, RuntimeError, duckdb.Error)) and not isinstance(
+        err, (NotImplementedError, RecursionError)
+    ):
+        return text
+    return f"internal error ({type(err).__name__}: {text}); rerun with -v for the traceback and report it"
 
 
 def _log_config(name: str, config: dict) -> None:
-    print(f"{name}: " + json.dumps(config, sort_keys=True, default=str), file=sys.stderr)
+    """The command's full configuration, with -v (reproducibility; the run's facts keep what matters)."""
+    log.info("%s: %s", name, json.dumps(config, sort_keys=True, default=str))
 
 
 def _ingest(args) -> int:
@@ -210,8 +243,6 @@ def _extract(args) -> int:
     cfg = ExtractConfig(**{k: v for k, v in vars(args).items() if k in fields})
     _log_config("extract", asdict(cfg))
     counts = extract(cfg)
-    import os
-
     if int(os.environ.get("RANK", 0)) == 0:
         print(counts.summary())
     return 0
