@@ -10,8 +10,11 @@ then repairs what can be repaired losslessly and raises `Quarantine` for the res
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 
+from pipeline.audio import regular_file
 from pipeline.records import Quarantine, Segment
 
 Interval = tuple[float, float, str]
@@ -21,10 +24,16 @@ OVERLAP_TOLERANCE_S = 1e-6  # float noise in TextGrid times
 SILENCE = "sil"
 
 
+def read_text(path: Path) -> str:
+    """A text file of the corpus, read only if it is a regular file (a fifo would block the stream)."""
+    regular_file(path)
+    return path.read_text(errors="replace")
+
+
 def read_timit_intervals(path: Path, sample_rate_hz: int) -> list[Interval]:
     """A TIMIT `.PHN` / `.WRD` file: `start end label` per line, in samples of the audio."""
     out = []
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split()
@@ -49,6 +58,7 @@ def read_textgrid(path: Path) -> dict[str, list[Interval]]:
     Tier names `phones`/`words` (MFA) become `phone`/`word`; other tiers keep their name."""
     from praatio import textgrid  # praatio: the reader MFA itself uses
 
+    regular_file(path)
     try:
         grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=True, duplicateNamesMode="rename")
     except Exception as err:  # praatio raises many types for malformed files
@@ -63,8 +73,10 @@ def read_textgrid(path: Path) -> dict[str, list[Interval]]:
     return tiers
 
 
-def read_detail_column(detail: dict | None, sample_rate_hz: int) -> list[Interval] | None:
-    """timit_asr-style `{start: [...], stop: [...], utterance: [...]}` in samples."""
+def read_detail_column(detail: dict | None, sample_rate_hz: int, name: str = "") -> list[Interval] | None:
+    """timit_asr-style `{start: [...], stop: [...], utterance: [...]}` in samples.
+
+    A position that is null, not a number or not finite is `alignment_bad_interval`, named."""
     if not detail:
         return None
     starts, stops, labels = detail.get("start"), detail.get("stop"), detail.get("utterance")
@@ -73,8 +85,14 @@ def read_detail_column(detail: dict | None, sample_rate_hz: int) -> list[Interva
     if not (len(starts) == len(stops) == len(labels)):
         raise Quarantine(
             "alignment_bad_interval",
-            f"detail column lists differ in length: start {len(starts)}, stop {len(stops)}, utterance {len(labels)}",
+            f"{name or 'detail column'}: lists differ in length: start {len(starts)}, stop {len(stops)}, "
+            f"utterance {len(labels)}",
         )
+    for key, values in (("start", starts), ("stop", stops)):
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise Quarantine("alignment_bad_interval",
+                                 f"{name or 'detail column'}: {key}[{i}] is {value!r}, not a sample position")
     return [(s / sample_rate_hz, e / sample_rate_hz, lab) for s, e, lab in zip(starts, stops, labels)]
 
 

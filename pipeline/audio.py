@@ -7,7 +7,9 @@ and fast enough that it never shows in an extraction profile.
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import struct
 
 import numpy as np
@@ -17,6 +19,62 @@ import soxr
 from pipeline.records import TARGET_SAMPLE_RATE_HZ, Quarantine
 
 MIN_SAMPLES = 400  # one frame's receptive field at 16 kHz (wav2vec2 conv stack)
+MAX_AUDIO_BYTES_ENV = "PIPELINE_MAX_AUDIO_BYTES"
+DEFAULT_MAX_AUDIO_BYTES = 4 * 1024**3  # 4 GiB: ~37 h of 16 kHz 16-bit mono; read whole into memory
+FILE_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a fifo", stat.S_ISCHR: "a character device",
+              stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+
+
+def max_audio_bytes() -> int:
+    """The size cap of one audio file: env PIPELINE_MAX_AUDIO_BYTES, else 4 GiB."""
+    value = os.environ.get(MAX_AUDIO_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_AUDIO_BYTES
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError(f"{MAX_AUDIO_BYTES_ENV}={value!r} is not a positive number of bytes "
+                         f"(unset it for the default, {DEFAULT_MAX_AUDIO_BYTES})")
+    return int(value)
+
+
+def regular_file(path: str | os.PathLike) -> os.stat_result:
+    """stat of `path` (links followed) if it is a regular file; else Quarantine `not_a_regular_file`.
+
+    A device (/dev/zero) never ends and a fifo blocks until some writer comes: neither is read."""
+    info = os.stat(path)
+    _check_regular(path, info)
+    return info
+
+
+def _check_regular(path: str | os.PathLike, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in FILE_KINDS.items() if test(info.st_mode)), "not a plain file")
+        raise Quarantine("not_a_regular_file", f"{path} is {kind}, not a regular file: it is not read")
+
+
+def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of one audio file, read only from a regular file of at most `max_bytes` (default
+    `max_audio_bytes()`). Raises Quarantine: `not_a_regular_file`, `audio_too_large`, or
+    `missing_audio` (no such file, e.g. a broken link)."""
+    limit = max_audio_bytes() if max_bytes is None else max_bytes
+    try:
+        regular_file(path)  # before opening: opening a fifo or a device can block or act
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Quarantine("missing_audio", f"{path}: no such file") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        _check_regular(path, info)  # replaced between stat and open
+        if info.st_size > limit:
+            raise _too_large(path, f"{info.st_size} bytes", limit)
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew while read
+        raise _too_large(path, "it grew while read", limit)
+    return data
+
+
+def _too_large(path: str | os.PathLike, found: str, limit: int) -> Quarantine:
+    return Quarantine("audio_too_large", f"{path}: over the cap of {limit} bytes ({found}); "
+                                         f"set {MAX_AUDIO_BYTES_ENV} higher to read it")
 
 
 def decode(data: bytes, name: str = "") -> tuple[np.ndarray, int, int]:

@@ -8,14 +8,18 @@ group column and the report's metadata colouring read it before `utterances.meta
 
 Formats: CSV, TSV or Parquet with an `utterance_id` column (every other column is an attribute),
 or a Kaldi two-column file named `utt2<key>` (`utt2gender`: "<utterance_id> <value>" per line).
-Ids the run does not have are counted and reported, not written; an id listed twice for the same
-key is an error naming it. A rerun with the same file name replaces its rows.
+Ids the run does not have are counted and reported, not written. Each file is stored apart, keyed
+by its resolved path, so `train/utt2gender` and `test/utt2gender` both land; a rerun with the same
+file replaces its rows. An (utterance, key) must come from one file only: listed twice in one file,
+or by two files (attached now or before), it is an error naming the files, the utterance and the
+values, and nothing is written.
 
     python -m pipeline metadata --run R FILE [FILE …]
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -59,27 +63,82 @@ def read_attributes(path: str | Path) -> pa.Table:
 
 
 def attach_metadata(run: str, files: list[str], warehouse: str = "storage") -> dict[str, int]:
-    """Add the attributes of `files` to `run` (table utterance_attributes). Returns counts."""
+    """Add the attributes of `files` to `run` (table utterance_attributes). Returns counts:
+    `rows` stored, `unknown_ids` (rows for utterances the run lacks, left out), `files`."""
     wh = Warehouse(warehouse)
-    con = wh.connect()
-    known = {u for (u,) in con.execute("select utterance_id from utterances where run = ?", [run]).fetchall()}
-    if not known:
-        raise ValueError(f"run {run!r} has no utterances in {wh.root}: extract (or ingest) it first")
-    counts = {"rows": 0, "unknown_ids": 0, "files": 0}
-    for path in sorted(files):
-        table = read_attributes(path).filter(pa.compute.is_valid(pa.compute.field("value")))
-        keys = list(zip(table.column("utterance_id").to_pylist(), table.column("key").to_pylist()))
-        seen: set[tuple[str, str]] = set()
-        for key in keys:
-            if key in seen:
-                raise ValueError(f"{path}: utterance {key[0]!r} has attribute {key[1]!r} twice")
-            seen.add(key)
-        mask = pa.array([u in known for u, _ in keys], pa.bool_())
-        counts["unknown_ids"] += len(keys) - sum(mask.to_pylist())
-        kept = table.filter(mask)
-        stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).name)[:60]
-        record = wh.write("utterance_attributes", kept, run, 0, file_prefix=f"attr_{stem}")
-        wh.commit(run, f"metadata.{stem}", 0, [record], source=str(Path(path).resolve()))
-        counts["rows"] += kept.num_rows
-        counts["files"] += 1
+    with wh.lock(run):
+        con = wh.connect()
+        known = {u for (u,) in con.execute("select utterance_id from utterances where run = ?", [run]).fetchall()}
+        if not known:
+            raise ValueError(f"run {run!r} has no utterances in {wh.root}: extract (or ingest) it first")
+        paths = sorted({Path(f).resolve() for f in files})
+        tables = {path: _known_rows(path, known) for path in paths}
+        stored = _stored_values(wh, run, exclude=set(paths))
+        for path, (table, _) in tables.items():
+            _check_one_source(path, table, stored)
+        counts = {"rows": 0, "unknown_ids": 0, "files": 0}
+        for path, (table, unknown) in tables.items():
+            stage, prefix = _names(path)
+            record = wh.write("utterance_attributes", table, run, 0, file_prefix=prefix)
+            wh.commit(run, stage, 0, [record], source=str(path))
+            _retire_old_names(wh, run, path, stage)
+            counts["rows"] += table.num_rows
+            counts["unknown_ids"] += unknown
+            counts["files"] += 1
     return counts
+
+
+def _known_rows(path: Path, known: set[str]) -> tuple[pa.Table, int]:
+    """The file's rows with a value for utterances of the run, and how many rows named other ids."""
+    table = read_attributes(path).filter(pa.compute.is_valid(pa.compute.field("value")))
+    seen: set[tuple[str, str]] = set()
+    for key in zip(table.column("utterance_id").to_pylist(), table.column("key").to_pylist()):
+        if key in seen:
+            raise ValueError(f"{path}: utterance {key[0]!r} has attribute {key[1]!r} twice")
+        seen.add(key)
+    mask = pa.array([u in known for u in table.column("utterance_id").to_pylist()], pa.bool_())
+    kept = table.filter(mask)
+    return kept, table.num_rows - kept.num_rows
+
+
+def _names(path: Path) -> tuple[str, str]:
+    """Commit stage and file prefix of one attribute file: its name (readable) and a hash of its
+    resolved path (unique: two folders' `utt2gender` are two files)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", path.name)[:40]
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    return f"metadata.{name}.{tag}", f"attr_{name}_{tag}"
+
+
+def _stored_values(wh: Warehouse, run: str, exclude: set[Path]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(utterance_id, key) → (value, source file) of the attributes stored for `run` by other files."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for (_, stage, _), rec in sorted(wh.commits(run).items()):
+        if not stage.startswith("metadata.") or Path(rec.get("source", "")) in exclude:
+            continue
+        for f in rec["files"]:
+            for row in pq.read_table(wh.root / f["path"], columns=["utterance_id", "key", "value"]).to_pylist():
+                out[(row["utterance_id"], row["key"])] = (row["value"], rec.get("source", stage))
+    return out
+
+
+def _check_one_source(path: Path, table: pa.Table, stored: dict[tuple[str, str], tuple[str, str]]) -> None:
+    """Add the file's values to `stored`; an (utterance, key) another file gives is an error."""
+    for row in table.to_pylist():
+        key = (row["utterance_id"], row["key"])
+        if key in stored:
+            value, other = stored[key]
+            same = "the same value" if value == row["value"] else "two values"
+            raise ValueError(
+                f"utterance {key[0]!r} has attribute {key[1]!r} in two files, with {same}: {value!r} in {other} "
+                f"and {row['value']!r} in {path}. Each attribute of an utterance must come from one file: remove "
+                "it from one of them (nothing was written)"
+            )
+        stored[key] = (row["value"], str(path))
+
+
+def _retire_old_names(wh: Warehouse, run: str, path: Path, stage: str) -> None:
+    """Warehouses written before files were keyed by path named a commit by the file's base name
+    (`metadata.utt2gender`): the same file's old commit is emptied, so its rows are not stored twice."""
+    for (_, old_stage, shard), rec in wh.commits(run).items():
+        if old_stage.startswith("metadata.") and old_stage != stage and rec.get("source") == str(path) and rec["files"]:
+            wh.commit(run, old_stage, shard, [], source=str(path), superseded_by=stage)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_timit
 
 from pipeline.analyze import AnalyzeConfig, analyze
 from pipeline.extract import ExtractConfig, extract
+from pipeline.ingest import ingest
 from pipeline.metadata import attach_metadata, read_attributes
+from pipeline.sources import SourceSpec
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 
@@ -52,3 +55,59 @@ def test_attached_attribute_drives_by_and_wins_over_metadata(tmp_path):
     attach_metadata("m", [str(utt2group)], str(tmp_path))  # a rerun replaces, never duplicates
     n = Warehouse(tmp_path).connect().execute("select count(*) from utterance_attributes where key = 'half'").fetchone()[0]
     assert n == len(ids)
+
+
+def _attributes(wh) -> list[tuple]:
+    return Warehouse(wh).connect().execute(
+        "select utterance_id, key, value from utterance_attributes order by all").fetchall()
+
+
+@pytest.fixture
+def timit_run(tmp_path):
+    """A run `t` of four TIMIT utterances (two speakers), ingested: no model needed."""
+    ingest(SourceSpec("timit", str(make_timit(tmp_path / "timit"))), "t", str(tmp_path / "wh"))
+    return tmp_path / "wh"
+
+
+def test_files_with_one_name_in_two_folders_are_both_stored(tmp_path, timit_run):
+    train, test = tmp_path / "train" / "utt2gender", tmp_path / "test" / "utt2gender"
+    train.parent.mkdir()
+    test.parent.mkdir()
+    train.write_text("TRAIN/DR1/FCJF0/SA1 f\nTRAIN/DR1/FCJF0/SX139 f\nghost x\n")
+    test.write_text("TRAIN/DR1/MDAB0/SA1 m\nTRAIN/DR1/MDAB0/SX139 m\n")
+    counts = attach_metadata("t", [str(train), str(test)], str(timit_run))
+    expected = [("TRAIN/DR1/FCJF0/SA1", "gender", "f"), ("TRAIN/DR1/FCJF0/SX139", "gender", "f"),
+                ("TRAIN/DR1/MDAB0/SA1", "gender", "m"), ("TRAIN/DR1/MDAB0/SX139", "gender", "m")]
+    assert _attributes(timit_run) == expected
+    assert counts == {"rows": 4, "unknown_ids": 1, "files": 2}  # the count printed is the count stored
+    attach_metadata("t", [str(train)], str(timit_run))  # a rerun of one file replaces its rows only
+    assert _attributes(timit_run) == expected
+    train.write_text("TRAIN/DR1/FCJF0/SA1 f\n")
+    attach_metadata("t", [str(train)], str(timit_run))
+    assert _attributes(timit_run) == expected[:1] + expected[2:]
+
+
+def test_one_attribute_from_two_files_is_an_error(tmp_path, timit_run):
+    first, second, third = tmp_path / "utt2gender", tmp_path / "speakers.csv", tmp_path / "more.csv"
+    first.write_text("TRAIN/DR1/MDAB0/SA1 m\n")
+    attach_metadata("t", [str(first)], str(timit_run))
+    second.write_text("utterance_id,gender\nTRAIN/DR1/MDAB0/SX139,m\nTRAIN/DR1/MDAB0/SA1,f\n")
+    with pytest.raises(ValueError, match=r"'TRAIN/DR1/MDAB0/SA1' has attribute 'gender' in two files") as err:
+        attach_metadata("t", [str(second)], str(timit_run))
+    assert str(first) in str(err.value) and str(second) in str(err.value) and "'m'" in str(err.value)
+    assert _attributes(timit_run) == [("TRAIN/DR1/MDAB0/SA1", "gender", "m")]  # nothing written
+    second.write_text("utterance_id,gender\nTRAIN/DR1/MDAB0/SX139,m\n")
+    third.write_text("utterance_id,gender\nTRAIN/DR1/MDAB0/SX139,m\n")
+    with pytest.raises(ValueError, match="with the same value"):  # two files of one call
+        attach_metadata("t", [str(second), str(third)], str(timit_run))
+    assert _attributes(timit_run) == [("TRAIN/DR1/MDAB0/SA1", "gender", "m")]
+
+
+def test_a_file_attached_under_its_base_name_before_is_replaced_not_doubled(tmp_path, timit_run):
+    path = tmp_path / "utt2gender"
+    path.write_text("TRAIN/DR1/MDAB0/SA1 m\n")
+    wh = Warehouse(timit_run)  # what earlier versions wrote: a commit named by the file's base name
+    record = wh.write("utterance_attributes", read_attributes(path), "t", 0, file_prefix="attr_utt2gender")
+    wh.commit("t", "metadata.utt2gender", 0, [record], source=str(path.resolve()))
+    attach_metadata("t", [str(path)], str(timit_run))
+    assert _attributes(timit_run) == [("TRAIN/DR1/MDAB0/SA1", "gender", "m")]
