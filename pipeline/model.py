@@ -13,7 +13,9 @@ GroupNorm with each waveform's own statistics over its valid steps (every other 
 local: frame i reads samples [320 i, 320 i + 400) only); then run projection + transformer
 batched with the frame-level attention mask, zeroing padded frames before every positional conv
 layer. Result: one-at-a-time outputs within float32 rounding (relative 1e-5, tests/test_model.py).
-The same whole-utterance statistics keep layers -1 and 0 exact when long recordings run in windows.
+The same whole-utterance statistics keep layers -1 and 0 exact when long recordings run in windows,
+one window at a time: `extract_windows` streams them, so memory does not grow with the recording
+beyond one normalised float32 copy of it (230 MB per hour).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +38,8 @@ import torch
 from pipeline.geometry import FrameGeometry
 from pipeline.records import TARGET_SAMPLE_RATE_HZ
 
+log = logging.getLogger(__name__)
+
 LAYER_CNN = -1
 SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -45,6 +50,7 @@ STATS_PIECE_SAMPLES = 30 * TARGET_SAMPLE_RATE_HZ  # conv0 output of a piece: 512
 DEFAULT_MODEL_ID = "default"
 DEMO_CTC_MODEL_ID = "default-ctc"  # the default model fine-tuned with CTC on the embedded corpus
 DEFAULT_MODEL_SOURCE = Path(__file__).resolve().parent / "default_model"
+ESSENTIAL_WEIGHT_PREFIXES = ("feature_extractor.", "feature_projection.", "encoder.")  # of the base model
 WEIGHT_FILE_RE = re.compile(r".*\.(safetensors|bin|pt|pth|ckpt)$|.*\.safetensors\.index\.json$|.*\.bin\.index\.json$")
 
 
@@ -119,7 +125,9 @@ def load_model(id_or_path: str | os.PathLike, device: str = "auto", dtype: str =
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
                          f"expected one of {SUPPORTED_MODEL_TYPES}")
-    model = AutoModel.from_pretrained(source, config=config, trust_remote_code=False)
+    _warn_ignored_code(model_id, "config.json", config)
+    model, info = AutoModel.from_pretrained(source, config=config, trust_remote_code=False, output_loading_info=True)
+    _refuse_missing_weights(model_id, source, model, info.get("missing_keys", []))
     if not hasattr(model, "feature_extractor"):  # not expected from AutoModel; a head model's base
         model = getattr(model, model.base_model_prefix)
     # float32 weights whatever the file holds (autocast picks the compute dtype);
@@ -139,6 +147,23 @@ def load_model(id_or_path: str | os.PathLike, device: str = "auto", dtype: str =
     return loaded
 
 
+def _refuse_missing_weights(model_id: str, source: str | os.PathLike, model: torch.nn.Module,
+                            missing_keys: Sequence[str]) -> None:
+    """Fail when the checkpoint lacks any weight of the conv encoder, its projection or the
+    transformer: transformers would initialise them at random and every layer would be noise.
+
+    What a base checkpoint may lack stays allowed (`masked_spec_embed`, an adapter); heads
+    (`lm_head`, `quantizer`, `project_q`, `project_hid`) are not part of the base model at all.
+    """
+    prefix = f"{model.base_model_prefix}."
+    names = sorted(k for k in missing_keys if k.removeprefix(prefix).startswith(ESSENTIAL_WEIGHT_PREFIXES))
+    if names:
+        shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        raise ValueError(f"{model_id}: the checkpoint in {source} lacks {len(names)} weight tensors of the encoder "
+                         f"({shown}); transformers would fill them with random values. Use a complete "
+                         "wav2vec2-family checkpoint (download it again, or save it with save_pretrained)")
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,18 +178,34 @@ def _feature_extractor_facts(source: str | os.PathLike, config: Any) -> tuple[bo
     The checkpoint's own preprocessor_config.json wins: it is what the HF processor would do and
     what the model card's numbers were made with. Without one, fall back to fairseq's convention:
     layer-norm conv stacks (large, XLS-R, data2vec) were trained on normalised audio, group-norm
-    base models on raw audio.
+    base models on raw audio. Never the checkpoint's own code: an `auto_map` in the file is
+    ignored and the standard class of the model's family reads it (`config` makes it known).
     """
     from transformers import AutoFeatureExtractor
+    from transformers.utils.hub import cached_file
 
+    convention = getattr(config, "feat_extract_norm", "layer") == "layer"
+    if cached_file(str(source), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False) is None:
+        return convention, "convention", TARGET_SAMPLE_RATE_HZ
     try:
-        fe = AutoFeatureExtractor.from_pretrained(source)
-    except (OSError, ValueError, KeyError):
-        fe = None
+        fe = AutoFeatureExtractor.from_pretrained(source, config=config, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{source}: its preprocessor_config.json cannot be read by the standard feature extractor "
+                         f"of {config.model_type!r} ({err}); code that comes with a checkpoint is never run. Fix the "
+                         "file (it needs do_normalize and sampling_rate) or remove it (then the convention below "
+                         "decides do_normalize)") from None
+    _warn_ignored_code(str(source), "preprocessor_config.json", fe)
     rate = int(getattr(fe, "sampling_rate", None) or TARGET_SAMPLE_RATE_HZ)
-    if fe is not None and hasattr(fe, "do_normalize"):
+    if hasattr(fe, "do_normalize"):
         return bool(fe.do_normalize), "preprocessor_config", rate
-    return getattr(config, "feat_extract_norm", "layer") == "layer", "convention", rate
+    return convention, "convention", rate
+
+
+def _warn_ignored_code(model_id: str, file_name: str, obj: Any) -> None:
+    auto_map = getattr(obj, "auto_map", None)
+    if auto_map:
+        log.warning("%s: %s names code of its own (auto_map: %s); it is not run, transformers' standard classes "
+                    "read the checkpoint", model_id, file_name, ", ".join(sorted(map(str, auto_map.values()))))
 
 
 def _revision(source: str | os.PathLike) -> str:
@@ -181,13 +222,16 @@ def folder_fingerprint(folder: str | os.PathLike, cache: bool = True) -> str:
 
     Hashing a base-size checkpoint's 380 MB takes ~0.3 s per process (every torchrun rank, every
     resume). With `cache`, the digest is kept under the user cache folder keyed by the folder's
-    absolute path and each file's (size, mtime_ns, inode), as git's index does; any change to a
-    file's stat rehashes it. The cache is only an optimisation: unreadable or unwritable, it is skipped.
+    absolute path and each file's (size, mtime_ns, ctime_ns, inode), as git's index does; any change
+    to a file's stat rehashes it. ctime matters: a file rewritten in place with its mtime restored
+    (`os.utime`, `touch -d`, `cp -p`) keeps size, mtime and inode, but the kernel sets its ctime to
+    now and nobody can set it back. The cache is only an optimisation: unreadable or unwritable, it is skipped.
     """
     folder = Path(folder).resolve()
     names = sorted(p.name for p in folder.iterdir() if p.is_file()
                    and (p.name == "config.json" or WEIGHT_FILE_RE.fullmatch(p.name)))
-    stats = {name: [(st := (folder / name).stat()).st_size, st.st_mtime_ns, st.st_ino] for name in names}
+    stats = {name: [(st := (folder / name).stat()).st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+             for name in names}
     entry = _fingerprint_cache_path(folder) if cache else None
     if entry is not None:
         try:
@@ -253,9 +297,9 @@ def ensure_default_model(folder: str | os.PathLike) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        config = AutoConfig.from_pretrained(DEFAULT_MODEL_SOURCE)
+        config = AutoConfig.from_pretrained(DEFAULT_MODEL_SOURCE, trust_remote_code=False)
         with _seeded(0):
-            model = AutoModel.from_config(config)
+            model = AutoModel.from_config(config, trust_remote_code=False)
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.copy(DEFAULT_MODEL_SOURCE / "preprocessor_config.json", tmp / "preprocessor_config.json")
         try:
@@ -382,9 +426,27 @@ def chunk_windows(n_samples: int, geometry: FrameGeometry, max_chunk_s: float | 
 
 
 def normalize_waveform(wave: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance over the whole utterance (eps 1e-7, like Wav2Vec2FeatureExtractor)."""
-    w = wave.astype(np.float64)
-    return ((w - w.mean()) / np.sqrt(w.var() + NORM_EPS)).astype(np.float32)
+    """Zero mean, unit variance over the whole utterance (eps 1e-7, like Wav2Vec2FeatureExtractor).
+
+    Two float64 passes over pieces of STATS_PIECE_SAMPLES: memory beyond the float32 result is
+    one piece (a float64 copy of a 2-hour recording would be 920 MB). A waveform of one piece
+    gets numpy's whole-array `mean` and `var` bit for bit; longer ones differ by float64 rounding.
+    """
+    w = np.asarray(wave)
+    if len(w) == 0:
+        return np.zeros(0, np.float32)
+    starts = range(0, len(w), STATS_PIECE_SAMPLES)
+
+    def piece(a: int) -> np.ndarray:
+        return w[a:a + STATS_PIECE_SAMPLES].astype(np.float64)
+
+    mean = sum(np.add.reduce(piece(a)) for a in starts) / len(w)
+    var = sum(np.add.reduce(np.square(piece(a) - mean)) for a in starts) / len(w)
+    scale = np.sqrt(var + NORM_EPS)
+    out = np.empty(len(w), np.float32)
+    for a in starts:
+        out[a:a + STATS_PIECE_SAMPLES] = (piece(a) - mean) / scale
+    return out
 
 
 def extract(loaded: LoadedModel, waveforms: Sequence[np.ndarray], layers: str | Sequence[int], *,
@@ -398,34 +460,73 @@ def extract(loaded: LoadedModel, waveforms: Sequence[np.ndarray], layers: str | 
     in windows of `max_chunk_s` plus `context_s` on each side whose central frames are stitched:
     same rows and indices; layers -1 and 0 stay exact (input normalisation and group-norm
     statistics are the whole utterance's), transformer layers approximate (attention context is
-    cut; ~1e-3 relative on random weights, see tests). Waveforms shorter than the receptive field
-    (400 samples) raise ValueError. Batches hold at most `max_batch_samples` padded samples
-    (peak memory in the first conv layer ~ 3 x max_batch_samples / 5 x channels x 4 bytes:
-    ~2 GB for the default 100 s with 512 channels). Not thread-safe on one LoadedModel (it hooks its layers).
+    cut; ~1e-3 relative on random weights, see tests); they run one window at a time, exactly as
+    `extract_windows` streams them. Waveforms shorter than the receptive field (400 samples) raise
+    ValueError. Batches hold at most `max_batch_samples` padded samples (peak memory in the first
+    conv layer ~ 3 x max_batch_samples / 5 x channels x 4 bytes: ~2 GB for the default 100 s with
+    512 channels). Not thread-safe on one LoadedModel (it hooks its layers).
     """
     layers = parse_layers(layers, loaded.num_layers)
     geo = loaded.geometry
-    waves = [_checked(i, w, geo) for i, w in enumerate(waveforms)]
-    if loaded.do_normalize:  # whole-utterance statistics, before any chunking
-        waves = [normalize_waveform(w) for w in waves]
-    pieces: list[tuple[int, ChunkWindow, tuple[torch.Tensor, torch.Tensor] | None]] = []
-    for u, w in enumerate(waves):
-        windows = chunk_windows(len(w), geo, max_chunk_s, context_s)
-        stats = None  # group-norm statistics of a whole waveform are computed in its batch
-        if len(windows) > 1 and _first_group_norm(loaded) is not None:
-            stats = _conv0_stats(loaded, w)
-        pieces.extend((u, win, stats) for win in windows)
+    waves = [_prepared(loaded, i, w) for i, w in enumerate(waveforms)]
     outputs = [{layer: np.empty((geo.n_frames(len(w)), loaded.layer_dim(layer)), np.float32) for layer in layers}
                for w in waves]
-    for batch in length_buckets([win.n_samples for _, win, _ in pieces], max_batch_samples, max_batch_size):
-        chosen = [pieces[i] for i in batch]
-        segs = [waves[u][win.start_sample:win.start_sample + win.n_samples] for u, win, _ in chosen]
-        result = _forward_batch(loaded, segs, [stats for _, _, stats in chosen], layers)
-        for b, (u, win, _) in enumerate(chosen):
-            rows = slice(win.first_frame + win.keep_start, win.first_frame + win.keep_stop)
+    whole: list[int] = []  # waveforms that fit one window: batched
+    for u, w in enumerate(waves):
+        windows = chunk_windows(len(w), geo, max_chunk_s, context_s)
+        if len(windows) == 1:
+            whole.append(u)
+            continue
+        for first, block in _window_blocks(loaded, w, layers, windows):
             for layer in layers:
-                outputs[u][layer][rows] = result[layer][b, win.keep_start:win.keep_stop]
+                outputs[u][layer][first:first + len(block[layer])] = block[layer]
+    for batch in length_buckets([len(waves[u]) for u in whole], max_batch_samples, max_batch_size):
+        chosen = [whole[i] for i in batch]
+        result = _forward_batch(loaded, [waves[u] for u in chosen], [None] * len(chosen), layers)
+        for b, u in enumerate(chosen):
+            for layer in layers:
+                outputs[u][layer][:] = result[layer][b, :len(outputs[u][layer])]
     return outputs
+
+
+def n_windows(loaded: LoadedModel, n_samples: int, max_chunk_s: float | None = 30.0) -> int:
+    """How many windows `extract` / `extract_windows` run a waveform of `n_samples` in (1: it fits one)."""
+    return len(chunk_windows(n_samples, loaded.geometry, max_chunk_s, 0.0))
+
+
+def extract_windows(loaded: LoadedModel, wave: np.ndarray, layers: str | Sequence[int], *,
+                    max_chunk_s: float | None = 30.0, context_s: float = 2.0
+                    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    """One waveform's layers, streamed: (first_frame, {layer: float32 array (n x D)}) per window.
+
+    The blocks tile frames [0, geometry.n_frames(len(wave))) in order and equal the rows of
+    `extract(loaded, [wave], layers)[0]` bit for bit (same windows, same computation). Memory
+    beyond `wave`, whatever its length: one normalised float32 copy (when the model normalises;
+    230 MB per hour) plus the activations of the window being computed and of the block the
+    caller still holds (~34 s x 50 frames x (512 + 13 x 768) x 4 bytes = 70 MB for base-size
+    models, all layers). The waveform is checked now; the model runs as blocks are taken.
+    """
+    layers = parse_layers(layers, loaded.num_layers)
+    w = _prepared(loaded, 0, wave)
+    return _window_blocks(loaded, w, layers, chunk_windows(len(w), loaded.geometry, max_chunk_s, context_s))
+
+
+def _prepared(loaded: LoadedModel, index: int, wave: np.ndarray) -> np.ndarray:
+    """Checked float32 samples, normalised with whole-utterance statistics when the model wants it."""
+    w = _checked(index, wave, loaded.geometry)
+    return normalize_waveform(w) if loaded.do_normalize else w
+
+
+def _window_blocks(loaded: LoadedModel, w: np.ndarray, layers: list[int],
+                   windows: list[ChunkWindow]) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    """Run the windows of one prepared waveform one at a time; yield each one's kept rows."""
+    stats = None  # the group-norm statistics of a waveform that fits one window are computed in its batch
+    if len(windows) > 1 and _first_group_norm(loaded) is not None:
+        stats = _conv0_stats(loaded, w)
+    for win in windows:
+        result = _forward_batch(loaded, [w[win.start_sample:win.start_sample + win.n_samples]], [stats], layers)
+        yield (win.first_frame + win.keep_start,
+               {layer: result.pop(layer)[0, win.keep_start:win.keep_stop] for layer in layers})
 
 
 def _checked(index: int, wave: np.ndarray, geo: FrameGeometry) -> np.ndarray:
@@ -437,7 +538,7 @@ def _checked(index: int, wave: np.ndarray, geo: FrameGeometry) -> np.ndarray:
         raise ValueError(f"waveform {index}: {len(w)} samples is shorter than one frame "
                          f"({geo.receptive_field_samples} samples); quarantine it as too_short first")
     w = np.ascontiguousarray(w, dtype=np.float32)
-    if not np.isfinite(w).all():
+    if not all(np.isfinite(w[a:a + STATS_PIECE_SAMPLES]).all() for a in range(0, len(w), STATS_PIECE_SAMPLES)):
         raise ValueError(f"waveform {index}: contains NaN or Inf samples; quarantine it as non_finite first")
     return w
 

@@ -402,6 +402,83 @@ def test_chunked_extract_in_a_mixed_batch(tiny):
             assert rel_err(m[layer], a[layer]) <= bound, (i, layer)
 
 
+# ---------------------------------------------------------------- long recordings, streamed
+
+
+@pytest.mark.parametrize("family", ["wav2vec2-group", "wav2vec2-layer"])
+def test_extract_windows_streams_exactly_what_extract_returns(tiny, family):
+    """Default windows (30 s + 2 s context): 70 s run in 3; the blocks tile the frames in order and
+    equal extract's rows bit for bit, alone or in a call with short waveforms."""
+    lm = tiny(family)
+    wave = speechlike(70.0)
+    n_frames = lm.geometry.n_frames(len(wave))
+    assert M.n_windows(lm, len(wave)) == 3 and M.n_windows(lm, 30 * RATE) == 1 and M.n_windows(lm, 31 * RATE) == 2
+    whole = M.extract(lm, [wave], "all")[0]
+    mixed = M.extract(lm, waves_of([5000, 16_000]) + [wave], "all")[2]
+    blocks = list(M.extract_windows(lm, wave, "all"))
+    assert len(blocks) == 3
+    first_frames = [first for first, _ in blocks]
+    assert first_frames[0] == 0
+    for (first, block), (nxt, _) in zip(blocks, blocks[1:] + [(n_frames, None)]):
+        assert sorted(block) == lm.valid_layers
+        for layer, rows in block.items():
+            assert rows.dtype == np.float32 and rows.shape == (nxt - first, lm.layer_dim(layer))
+            assert np.array_equal(rows, whole[layer][first:nxt]) and np.array_equal(rows, mixed[layer][first:nxt])
+    part = list(M.extract_windows(lm, wave, [-1, 2]))
+    assert [f for f, _ in part] == first_frames
+    assert all(np.array_equal(b[2], whole[2][f:f + len(b[2])]) and sorted(b) == [-1, 2] for f, b in part)
+
+
+def test_extract_windows_fits_one_window_and_checks_the_wave_at_once(tiny):
+    lm = tiny("hubert-group")
+    wave = waves_of([16_000])[0]
+    (first, block), = M.extract_windows(lm, wave, [0])
+    assert first == 0 and np.array_equal(block[0], M.extract(lm, [wave], [0])[0][0])
+    with pytest.raises(ValueError, match="399 samples"):
+        M.extract_windows(lm, waves_of([399])[0], "all")  # now, not when the first block is taken
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        M.extract_windows(lm, wave, [7])
+
+
+def test_extract_windows_memory_is_one_normalised_copy_plus_one_window(tiny, monkeypatch):
+    """10 minutes: the model runs one window per block taken (nothing computed ahead, no outputs kept),
+    and numpy's peak beyond the input is the float32 normalised copy plus a few MB of pieces and one
+    window (the old float64 normalisation alone took 5 copies' worth)."""
+    import tracemalloc
+
+    lm = tiny("wav2vec2-layer")
+    assert lm.do_normalize
+    wave = (np.random.default_rng(0).standard_normal(600 * RATE) * 0.1).astype(np.float32)
+    calls = []
+    forward = M._forward_batch
+    monkeypatch.setattr(M, "_forward_batch", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        blocks = M.extract_windows(lm, wave, "all")
+        n_frames = 0
+        for i, (first, block) in enumerate(blocks):
+            assert len(calls) == i + 1 and first == n_frames
+            n_frames += len(block[0])
+            del block
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert n_frames == lm.geometry.n_frames(len(wave)) and len(calls) == M.n_windows(lm, len(wave)) == 20
+    assert wave.nbytes < peak <= wave.nbytes + 16e6, peak / 1e6
+
+
+def test_normalize_waveform_in_pieces(monkeypatch):
+    """One piece: numpy's whole-array mean and var bit for bit; many pieces: float64 rounding only."""
+    wave = waves_of([12_345])[0] * 3 + 0.5
+    w = wave.astype(np.float64)
+    ref = ((w - w.mean()) / np.sqrt(w.var() + M.NORM_EPS)).astype(np.float32)
+    assert np.array_equal(M.normalize_waveform(wave), ref)
+    monkeypatch.setattr(M, "STATS_PIECE_SAMPLES", 1_000)  # 13 uneven pieces
+    np.testing.assert_allclose(M.normalize_waveform(wave), ref, rtol=1e-6, atol=1e-6)
+    assert M.normalize_waveform(np.zeros(0, np.float32)).shape == (0,)
+
+
 # ---------------------------------------------------------------- default model
 
 
