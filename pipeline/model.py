@@ -121,7 +121,7 @@ def load_model(id_or_path: str | os.PathLike, device: str = "auto", dtype: str =
         from pipeline.demo import resolve_demo_model
 
         source = resolve_demo_model(cache_dir)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    config = load_config(source, model_id)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
                          f"expected one of {SUPPORTED_MODEL_TYPES}")
@@ -162,6 +162,24 @@ def _refuse_missing_weights(model_id: str, source: str | os.PathLike, model: tor
         raise ValueError(f"{model_id}: the checkpoint in {source} lacks {len(names)} weight tensors of the encoder "
                          f"({shown}); transformers would fill them with random values. Use a complete "
                          "wav2vec2-family checkpoint (download it again, or save it with save_pretrained)")
+
+
+def load_config(source: str | os.PathLike, model_id: str | None = None):
+    """The checkpoint's config (never its code). A model that is neither a local folder nor reachable
+    (offline, no such id, not in the Hugging Face cache) is one clear error that says what to do."""
+    from transformers import AutoConfig
+
+    model_id = model_id or str(source)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except OSError as err:
+        if Path(source).is_dir():
+            raise OSError(f"model folder {source} has no readable config.json ({' '.join(str(err).split())[:200]}): "
+                          "pass the folder a checkpoint was saved to (save_pretrained)") from err
+        raise OSError(f"model {model_id!r} is not a local folder and cannot be loaded from the Hugging Face Hub "
+                      "(offline, not in the local cache, or no such id): download it where the Hub is reachable "
+                      f"(`huggingface-cli download {model_id} --local-dir DIR`) and pass --model DIR, or point "
+                      "HF_HOME at a cache that holds it") from err
 
 
 def _resolve_device(device: str) -> torch.device:
