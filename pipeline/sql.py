@@ -26,17 +26,22 @@ def load_query(query: str) -> str:
     return query
 
 
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
 def parse_param(text: str) -> tuple[str, Any]:
-    """`name=value` from the command line; integers and floats are converted."""
+    """`name=value` from the command line. A value written as a plain number (`3`, `-1`, `0.5`, `1e-3`)
+    becomes an int or float; anything else stays a string, so run names like `007` or `1.0.2` and ids
+    with leading zeros are not changed. Pass `name='3'` to force the string `3`."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise ValueError(f"--param expects name=value, got {text!r}")
-    for convert in (int, float):
-        try:
-            return name, convert(value)
-        except ValueError:
-            pass
-    return name, value
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return name, value[1:-1]
+    match = NUMBER.fullmatch(value)
+    if match is None:
+        return name, value
+    return name, float(value) if match.group(2) or match.group(3) else int(value)
 
 
 def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
