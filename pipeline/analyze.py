@@ -10,9 +10,15 @@ metrics, a linear probe (pipeline/probe.py) per layer, trained and tested on dis
 With `by` (an utterance attribute: speaker, gender, dialect…), every metric per group too, and a
 cross-group test: k-means and the probe fitted on the other groups, scored on this one.
 
+Everything is keyed by the label tier too: the k-means is trained on a sample balanced over the
+tier's labels, so `--tier phone --k 50` and `--tier word --k 50` are two clusterings, each stored
+beside the metrics and mappings it was scored with. `clusters` and `centroids` carry the tier as a
+column and in the file name (not as a Hive folder: files written before tiers, `part-…`, sit in the
+same folders and must stay readable in one view; `pipeline.schemas.tiered_views` reads them).
+
 Tables (Hive partitions after `run`):
-    clusters/run/layer/k/part-<frames shard>   utterance_id, frame, cluster, distance
-    centroids/run/layer/k/part-00000           cluster, size, vector
+    clusters/run/layer/k/<tier>-<frames shard> utterance_id, frame, cluster, distance, tier
+    centroids/run/layer/k/<tier>-00000         cluster, size, vector, tier
     metrics/run/layer/k/tier/subset/part-00000 metric, value, n
     cluster_labels/run/layer/k/tier/subset/... cluster, label, count, cluster_size, share
     group_metrics/run/layer/k/tier/attribute/part-00000   group_value, metric, value, n   (with `by`)
@@ -32,6 +38,7 @@ from pipeline import metrics as M
 from pipeline.geometry import FrameGeometry
 from pipeline.kmeans import assign, fit_kmeans
 from pipeline.probe import fit_score, speaker_disjoint_probe
+from pipeline.schemas import FRAME_TIERS, check_tier_name
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse, fingerprint
 
@@ -41,13 +48,13 @@ SILENCE_LABELS = ("sil", "h#", "pau", "epi", "sp", "spn", "<blank>", "|")
 
 METRICS_SCHEMA = pa.schema([("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())])
 CLUSTERS_SCHEMA = pa.schema(
-    [("utterance_id", pa.string()), ("frame", pa.int32()), ("cluster", pa.int32()), ("distance", pa.float32())]
+    [("utterance_id", pa.string()), ("frame", pa.int32()), ("cluster", pa.int32()), ("distance", pa.float32()),
+     ("tier", pa.string())]
 )
 GROUP_METRICS_SCHEMA = pa.schema(
     [("group_value", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())]
 )
 NO_GROUP = ""  # utterances without the --by attribute (and every utterance without --by)
-FRAME_TIERS = ("phone", "word")  # label columns of `frames`; any other tier is read from `segments`
 MAPPING_SCHEMA = pa.schema(
     [("cluster", pa.int32()), ("label", pa.string()), ("count", pa.int64()), ("cluster_size", pa.int64()), ("share", pa.float64())]
 )
@@ -190,19 +197,21 @@ def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con, committed:
                 else pa.nulls(len(batch), pa.string()).fill_null(NO_GROUP)
             table.add(labels, group, cluster)
             parts.append(pa.table({"utterance_id": ids, "frame": batch.column("frame"),
-                                   "cluster": pa.array(cluster, pa.int32()), "distance": pa.array(dist, pa.float32())},
+                                   "cluster": pa.array(cluster, pa.int32()), "distance": pa.array(dist, pa.float32()),
+                                   "tier": pa.array([cfg.tier] * len(batch), pa.string())},
                                   schema=CLUSTERS_SCHEMA))
         shard = int(path.rsplit("part-", 1)[1].split(".")[0])
         clusters = pa.concat_tables(parts) if parts else CLUSTERS_SCHEMA.empty_table()
-        files.append(wh.write("clusters", clusters, cfg.run, shard, layer=layer, k=cfg.k))
+        files.append(wh.write("clusters", clusters, cfg.run, shard, file_prefix=cfg.tier, layer=layer, k=cfg.k))
     names = table.names()
     counts = table.counts.sum(axis=0) if table.counts.size else np.zeros((0, cfg.k), np.int64)
     centroid_table = pa.table({
         "cluster": pa.array(np.arange(cfg.k), pa.int32()),
         "size": pa.array(sizes),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(km.centroids.reshape(-1)), km.centroids.shape[1]),
+        "tier": pa.array([cfg.tier] * cfg.k, pa.string()),
     })
-    files.append(wh.write("centroids", centroid_table, cfg.run, 0, layer=layer, k=cfg.k))
+    files.append(wh.write("centroids", centroid_table, cfg.run, 0, file_prefix=cfg.tier, layer=layer, k=cfg.k))
     subsets = {"all": np.ones(len(names), bool)}
     if cfg.no_silence:
         subsets["no_silence"] = ~np.isin(names, SILENCE_LABELS)
@@ -231,8 +240,8 @@ def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con, committed:
         files.append(wh.write("cluster_labels", pa.Table.from_pylist(mapping, schema=MAPPING_SCHEMA), cfg.run, 0,
                               layer=layer, k=cfg.k, tier=cfg.tier, subset=subset))
         log.info("layer %s subset %s: %d frames scored", layer, subset, n)
-    wh.commit(cfg.run, f"analyze.k{cfg.k}.{cfg.tier}", layer, files, params=fingerprint(cfg.__dict__),
-              seconds=time.perf_counter() - t0)
+    wh.commit(cfg.run, f"analyze.k{cfg.k}.{cfg.tier}", layer, files, params=fingerprint(cfg.__dict__), k=cfg.k,
+              tier=cfg.tier, seconds=time.perf_counter() - t0)
     if cfg.by:
         rows_out = _group_rows(table, x, sample_labels, sample, cfg)
         record = wh.write("group_metrics", pa.Table.from_pylist(rows_out, schema=GROUP_METRICS_SCHEMA), cfg.run, 0,
@@ -292,8 +301,10 @@ def _group_rows(table: _Contingency, x: np.ndarray, labels: np.ndarray, sample: 
 
 def analyze(cfg: AnalyzeConfig) -> list[dict]:
     """k-means + metrics for every chosen layer of a run. Returns one row per layer."""
+    from pipeline.labels import check_tier_complete
     from pipeline.model import parse_layers
 
+    check_tier_name(cfg.tier)
     wh = Warehouse(cfg.warehouse)
     facts = wh.read_facts(cfg.run)
     if not facts or "layers" not in facts:
@@ -308,6 +319,7 @@ def analyze(cfg: AnalyzeConfig) -> list[dict]:
         if cfg.tier not in tiers:
             raise ValueError(f"run {cfg.run!r} has no tier {cfg.tier!r}: use phone, word, or one of its segment "
                              f"tiers {sorted(tiers)} (CTC tiers come from `python -m pipeline labels`)")
+        check_tier_complete(wh, cfg.run, cfg.tier)
     groups = None
     if cfg.by:
         found = query(wh.root, "utterance_groups", {"run": cfg.run, "by": cfg.by}, con=con)

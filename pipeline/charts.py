@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.phone_classes import CLASSES, classify
+from pipeline.schemas import tiered_views
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 
@@ -44,17 +45,18 @@ MAX_METADATA_VALUES = 20  # a metadata key with more distinct values than this i
 EMPTY_VIEWS = {
     "reductions": "utterance_id varchar, frame integer, label varchar, x float, y float, run varchar, "
                   "layer bigint, method varchar",
-    "clusters": "utterance_id varchar, frame integer, cluster integer, distance float, run varchar, layer bigint, "
-                "k bigint",
+    "clusters": "utterance_id varchar, frame integer, cluster integer, distance float, tier varchar, run varchar, "
+                "layer bigint, k bigint",
     "metrics": "metric varchar, value double, n bigint, run varchar, layer bigint, k bigint, tier varchar, "
                "subset varchar",
     "cka": "layer bigint, other_layer bigint, value double, value_debiased double, n bigint, run varchar, "
            "other varchar",
-    "run_agreement": "layer bigint, k bigint, metric varchar, value double, n bigint, run varchar, other varchar",
+    "run_agreement": "layer bigint, k bigint, metric varchar, value double, n bigint, tier varchar, run varchar, "
+                     "other varchar",
     "group_metrics": "group_value varchar, metric varchar, value double, n bigint, run varchar, layer bigint, "
                      "k bigint, tier varchar, attribute varchar",
     "decoded": "utterance_id varchar, hypothesis varchar, reference varchar, n_edits bigint, "
-               "n_reference_chars bigint, cer double, run varchar, layer bigint, k bigint",
+               "n_reference_chars bigint, cer double, tier varchar, run varchar, layer bigint, k bigint",
     "frame_disagreement": "utterance_id varchar, frame integer, n_disagree tinyint, n_references tinyint, "
                           "run varchar, rule varchar",
 }
@@ -76,14 +78,16 @@ class Figure:
 
 
 def connect(warehouse) -> Any:
-    """The warehouse's DuckDB views, plus empty views for missing analysis tables and the
-    `phone_classes` (label, class) table the report queries join."""
+    """The warehouse's DuckDB views, plus empty views for missing analysis tables, a `tier` on every
+    clustering (`pipeline.schemas.tiered_views`) and the `phone_classes` (label, class) table the
+    report queries join."""
     con = Warehouse(warehouse).connect()
     present = {row[0] for row in con.sql("select view_name from duckdb_views() where not internal").fetchall()}
     for name, columns in EMPTY_VIEWS.items():
         if name not in present:
             cols = ", ".join(f"null::{c.split()[1]} as {c.split()[0]}" for c in columns.split(", "))
             con.execute(f"create view {name} as select {cols} where false")
+    tiered_views(con)
     mapping = classify(query(None, "report_phone_labels", {}, con=con)["phone"].to_pylist())
     con.register("phone_classes", pa.table({
         "label": pa.array(list(mapping), pa.string()),
@@ -386,9 +390,10 @@ def cka_heatmap(con, run: str, other: str) -> Figure:
 
 
 def agreement_curves(con, run: str, others: Sequence[str], metrics: Sequence[str] = ("ami", "nmi", "ari", "cka"),
-                     ) -> Figure:
-    """Per layer: how much `run` agrees with each other run (clusterings: AMI, NMI, ARI; same-layer CKA)."""
-    params = {"run": run, "others": ",".join(others), "metrics": ",".join(metrics)}
+                     tier: str = "phone") -> Figure:
+    """Per layer: how much `run` agrees with each other run (clusterings trained for `tier`: AMI, NMI, ARI;
+    same-layer CKA)."""
+    params = {"run": run, "others": ",".join(others), "metrics": ",".join(metrics), "tier": tier}
     data = query(None, "compare_agreement", params, con=con)
     rows = records(data)
     ks = sorted({r["k"] for r in rows if r["k"] is not None})
@@ -400,8 +405,9 @@ def agreement_curves(con, run: str, others: Sequence[str], metrics: Sequence[str
         strokeDash=alt.StrokeDash("other:N", sort=list(others), title="other run"),
         tooltip=["other:N", "layer:O", "metric:N", alt.Tooltip("value:Q", format=".4f"), "k:Q", "n:Q"],
     ).properties(width=420, height=220, title=f"{run} against {', '.join(others)}, layer by layer")
-    clusters = (f"k-means clusters of the same layer in both runs (k = {', '.join(map(str, ks))}; AMI, NMI, ARI on "
-                "every frame both runs assigned)") if ks else "no clustering both runs share (run `analyze` on both)"
+    clusters = (f"k-means clusters ({tier}) of the same layer in both runs (k = {', '.join(map(str, ks))}; AMI, NMI, "
+                "ARI on every frame both runs assigned)") if ks else (
+        f"no clustering both runs share (run `analyze --tier {tier}` on both)")
     return Figure(_safe(f"agreement_{run}"), f"Agreement of {run} with {', '.join(others)}", chart,
                   "compare_agreement", params, data,
                   caption=f"Per layer: {clusters}; 'cka' is the linear CKA of that layer in both runs (the "
@@ -459,9 +465,10 @@ def group_curves(con, run: str, k: int, by: str, tier: str = "phone") -> Figure:
 
 
 # ------------------------------------------------------------------------------------------- transcripts
-def decoded_cer_curves(con, runs: Sequence[str]) -> Figure:
-    """Per layer: CER of decoding each frame's cluster as the cluster's majority greedy-CTC label."""
-    params = {"runs": ",".join(runs)}
+def decoded_cer_curves(con, runs: Sequence[str], tier: str = "phone") -> Figure:
+    """Per layer: CER of decoding each frame's cluster (k-means trained for `tier`) as the cluster's majority
+    greedy-CTC label."""
+    params = {"runs": ",".join(runs), "tier": tier}
     data = query(None, "report_decoded_cer", params, con=con)
     rows = records(data)
     ks = sorted({r["k"] for r in rows})
@@ -474,7 +481,8 @@ def decoded_cer_curves(con, runs: Sequence[str]) -> Figure:
                  alt.Tooltip("mean_utterance_cer:Q", title="mean utterance CER", format=".4f"),
                  "n_edits:Q", "n_reference_chars:Q", "n_utterances:Q"],
     ).properties(width=420, height=220, title="Cluster-majority decoding: character error rate by layer")
-    return Figure("decoded_cer", "Cluster-majority decoding CER", chart, "report_decoded_cer", params, data,
+    name = "decoded_cer" + ("" if tier == "phone" else f"_{tier}")
+    return Figure(_safe(name), "Cluster-majority decoding CER", chart, "report_decoded_cer", params, data,
                   caption=f"Each cluster (k = {', '.join(map(str, ks)) or '?'}) is mapped to the greedy CTC label most "
                           "of its frames carry; every frame is replaced by its cluster's label, the sequence "
                           "CTC-collapsed and compared with the model's own greedy transcript. Corpus CER = sum of "

@@ -14,21 +14,22 @@ compared in two ways:
   Cost: n·d_A·d_B multiply-adds per layer pair (5,000 frames, 768 × 768: 2.9 G); memory: run B's centred
   layers plus one layer of A (5,000 × 768 float32 = 15 MB per layer).
 - **clustering agreement** per layer present in both runs: the k-means clusters of A against those
-  of B (same k: `k`, or the largest k both runs analysed) on every frame both runs assigned, from a
-  cluster × cluster contingency counted in SQL (`sql/compare_contingency.sql`) and scored with
-  `pipeline.metrics.contingency_metrics` (AMI, NMI, MI, homogeneity, completeness, v-measure,
-  purities; A's clusters are the rows) plus the adjusted Rand index.
+  of B (same k: `k`, or the largest k both runs analysed; same label tier: `tier`, or every tier
+  both runs clustered with that k, since each tier's k-means is its own) on every frame both runs
+  assigned, from a cluster × cluster contingency counted in SQL (`sql/compare_contingency.sql`) and
+  scored with `pipeline.metrics.contingency_metrics` (AMI, NMI, MI, homogeneity, completeness,
+  v-measure, purities; A's clusters are the rows) plus the adjusted Rand index.
 
 The runs must share utterances (same ids with the same sample count) and frame geometry (the
 `geometry` facts in `_runs/<run>.json`), else this stops with an error that says which.
 
 Tables (Hive partitions `run` = A, `other` = B; a rerun replaces them):
     cka/run=A/other=B/part-00000.parquet             layer, other_layer, value, value_debiased, n
-    run_agreement/run=A/other=B/part-00000.parquet   layer, k, metric, value, n
-committed as stage `compare.<B>` of run A (parameters, k, n, timings in the commit record).
+    run_agreement/run=A/other=B/part-00000.parquet   layer, k, metric, value, n, tier
+committed as stage `compare.<B>` of run A (parameters, k, tiers, n, timings in the commit record).
 
 Proposed CLI (flags = the parameters of `compare`):
-    python -m pipeline compare --runs A,B [--n N] [--seed S] [--k K] [--warehouse DIR]
+    python -m pipeline compare --runs A,B [--n N] [--seed S] [--k K] [--tier T] [--warehouse DIR]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline import metrics as M
 from pipeline.analyze import vectors
+from pipeline.schemas import check_tier_name, tiered_views
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse, check_run_name, fingerprint
 
@@ -62,6 +64,7 @@ AGREEMENT_SCHEMA = pa.schema([
     ("metric", pa.string()),
     ("value", pa.float64()),
     ("n", pa.int64()),  # frames both runs assigned
+    ("tier", pa.string()),  # the label tier both clusterings were trained for
 ])
 AGREEMENT_METRICS = ("ami", "nmi", "ari", "mi", "homogeneity", "completeness", "v_measure", "cluster_purity",
                      "label_purity")
@@ -174,14 +177,36 @@ def check_comparable(wh: Warehouse, run: str, other: str, con) -> dict:
     return shared
 
 
-def analysed(wh: Warehouse, run: str) -> dict[int, set[int]]:
-    """{k: layers} of the committed k-means of a run (from the commit log, no data read)."""
-    out: dict[int, set[int]] = {}
-    for (_, stage, shard) in wh.commits(run):
+def clusterings(wh: Warehouse, run: str) -> dict[tuple[int, str], set[int]]:
+    """{(k, tier): layers} of the committed k-means of a run (from the commit log, no data read).
+    The commit naming the clusters is `analyze.k<k>.<tier>`; `….<tier>.by.<attribute>` ones name group metrics."""
+    out: dict[tuple[int, str], set[int]] = {}
+    for (_, stage, shard), rec in wh.commits(run).items():
         m = ANALYZE_STAGE.match(stage)
-        if m:
-            out.setdefault(int(m.group(1)), set()).add(int(shard))
+        if m and any(f["path"].startswith("clusters/") for f in rec["files"]):
+            out.setdefault((int(m.group(1)), rec.get("tier") or stage[m.end():]), set()).add(int(shard))
     return out
+
+
+def analysed(wh: Warehouse, run: str) -> dict[int, set[int]]:
+    """{k: layers} of the committed k-means of a run, any tier (from the commit log, no data read)."""
+    out: dict[int, set[int]] = {}
+    for (k, _), layers in clusterings(wh, run).items():
+        out.setdefault(k, set()).update(layers)
+    return out
+
+
+def common_tiers(wh: Warehouse, run: str, other: str, k: int, tier: str | None) -> list[str]:
+    """The tiers both runs clustered with k: [`tier`] (an error if one lacks it), or all of them."""
+    have = {r: {t for (k_, t) in clusterings(wh, r) if k_ == k} for r in (run, other)}
+    both = sorted(have[run] & have[other])
+    if tier is None:
+        return both
+    if tier not in both:
+        raise ValueError(f"tier {tier!r} is not clustered with k = {k} in both runs ({run}: {sorted(have[run])}, "
+                         f"{other}: {sorted(have[other])}); run `python -m pipeline analyze --k {k} --tier {tier}` "
+                         "on both first")
+    return [tier]
 
 
 def common_k(wh: Warehouse, run: str, other: str, k: int | None) -> int | None:
@@ -236,9 +261,9 @@ def cka_matrix(wh: Warehouse, con, run: str, other: str, n: int, seed: int) -> p
     return pa.Table.from_pylist(rows, schema=CKA_SCHEMA)
 
 
-def agreement(wh: Warehouse, con, run: str, other: str, k: int) -> pa.Table:
-    """Per layer both runs clustered with k: agreement of the two clusterings on every shared frame."""
-    cells = query(wh.root, "compare_contingency", {"run": run, "other": other, "k": k}, con=con)
+def agreement(wh: Warehouse, con, run: str, other: str, k: int, tier: str = "phone") -> pa.Table:
+    """Per layer both runs clustered with k for `tier`: agreement of the two clusterings on every shared frame."""
+    cells = query(wh.root, "compare_contingency", {"run": run, "other": other, "k": k, "tier": tier}, con=con)
     layer = cells["layer"].to_numpy()
     a, b = cells["cluster"].to_numpy().astype(np.int64), cells["other_cluster"].to_numpy().astype(np.int64)
     counts = cells["n_frames"].to_numpy().astype(np.int64)
@@ -249,33 +274,39 @@ def agreement(wh: Warehouse, con, run: str, other: str, k: int) -> pa.Table:
         np.add.at(table, (a[pick], b[pick]), counts[pick])
         scores = M.contingency_metrics(table) | {"ari": adjusted_rand_index(table)}
         n = int(table.sum())
-        rows += [{"layer": int(value), "k": k, "metric": m, "value": float(scores[m]), "n": n}
+        rows += [{"layer": int(value), "k": k, "metric": m, "value": float(scores[m]), "n": n, "tier": tier}
                  for m in AGREEMENT_METRICS]
     return pa.Table.from_pylist(rows, schema=AGREEMENT_SCHEMA)
 
 
-def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: int = 0, k: int | None = None) -> dict:
+def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: int = 0, k: int | None = None,
+            tier: str | None = None) -> dict:
     """Compare run A with run B on the same utterances → tables `cka` and `run_agreement` (under run A).
 
     runs: (A, B) or "A,B". n: frames in the CKA sample (at most; every shared frame if fewer).
     seed: picks the sample. k: the k-means of both runs to compare (default: the largest k both
-    analysed; none: CKA only). Returns what was written: the two tables and the parameters.
+    analysed; none: CKA only). tier: the label tier whose k-means to compare (default: every tier
+    both runs clustered with k). Returns what was written: the two tables and the parameters.
     """
     run, other = _pair(runs)
     if n < 4:
         raise ValueError(f"n = {n}: CKA needs a sample of at least 4 frames")
+    if tier is not None:
+        check_tier_name(tier)
     t0 = time.perf_counter()
     wh = Warehouse(warehouse)
     for name in (run, other):
         _facts(wh, name)
     con = wh.connect()
+    tiered_views(con)
     shared = check_comparable(wh, run, other, con)
     k = common_k(wh, run, other, k)
+    tiers = common_tiers(wh, run, other, k, tier) if k is not None else []
     cka = cka_matrix(wh, con, run, other, n, seed)
     t_cka = time.perf_counter() - t0
-    agree = agreement(wh, con, run, other, k) if k is not None else AGREEMENT_SCHEMA.empty_table()
+    agree = pa.concat_tables([AGREEMENT_SCHEMA.empty_table()] + [agreement(wh, con, run, other, k, t) for t in tiers])
     files = [wh.write("cka", cka, run, 0, other=other), wh.write("run_agreement", agree, run, 0, other=other)]
-    params = {"run": run, "other": other, "n": n, "seed": seed, "k": k}
+    params = {"run": run, "other": other, "n": n, "seed": seed, "k": k, "tiers": tiers}
     seconds = {"cka_s": round(t_cka, 3), "total_s": round(time.perf_counter() - t0, 3)}
     n_frames = cka["n"][0].as_py()
     wh.commit(run, f"compare.{other}", 0, files, params=params, fingerprint=fingerprint(params), k=k,

@@ -13,11 +13,17 @@ padding; recordings over 30 s in windows with 2 s of context) and writes `segmen
   source `ctc_forced`. An utterance whose transcript is missing, empty after normalisation or too
   long for its frames gets no rows; the shard's commit record lists it with the reason.
 
+`--tier-name NAME` writes tier NAME (greedy) or NAME_char and NAME_word (forced) instead.
+
 Frame t is the interval of one hop around its centre (`pipeline.ctc.frame_bounds_s`); the model's
-frame geometry must equal the run's. Files are `segments/run=<run>/ctc_greedy-<shard>.parquet`
-(or `ctc_forced-`), committed per shard under stage `labels.ctc_greedy` / `labels.ctc_forced`:
-a rerun with the same model skips committed shards, one with another model rewrites them; the
-corpus's own segment files are never touched.
+frame geometry must equal the run's. Files are `segments/run=<run>/<name>-<shard>.parquet`, committed
+per shard under stage `labels.<name>` (name: `ctc_greedy`, `ctc_forced` or the tier name), each
+record naming its tiers and what made them (`maker`: model id, weights fingerprint, source,
+windows). A tier belongs to one maker: a rerun with the same one labels only the shards not yet
+committed; one with another model or parameters is refused, naming both, unless it writes a new
+tier (`tier_name`) or replaces the tier (`overwrite_tier`: every old shard is first superseded by
+an empty commit, so a killed overwrite leaves only the new maker's shards). The corpus's own tiers
+are never written.
 """
 
 from __future__ import annotations
@@ -44,8 +50,15 @@ log = logging.getLogger(__name__)
 
 SOURCES = {"greedy": ctc.TIER_GREEDY, "forced": ctc.SOURCE_FORCED}
 CORPUS_STAGES = ("extract", "ingest")
+LABELS_STAGE = "labels."
+# commits written before tiers were recorded in them: the tiers their stage wrote
+LEGACY_TIERS = {"labels.ctc_greedy": [ctc.TIER_GREEDY], "labels.ctc_forced": [ctc.TIER_CHAR, ctc.TIER_WORD]}
 MAX_CHUNK_S = 30.0  # longer recordings run in windows (attention memory grows with the square of frames)
 CONTEXT_S = 2.0
+
+
+class TierConflict(ValueError):
+    """A tier exists, made by another model or with other parameters: writing into it would mix two makers."""
 
 
 @dataclass
@@ -173,12 +186,118 @@ def forced_segments(cm: CtcModel, lp: np.ndarray, text: str | None, utterance_id
     return chars + ctc.word_segments(chars, [cm.delimiter] if cm.delimiter else ()), dropped
 
 
+def tier_names(source: str, tier_name: str | None = None) -> dict[str, str]:
+    """The tiers one labels call writes: {tier as pipeline.ctc names it: tier written}."""
+    if source == "greedy":
+        names = {ctc.TIER_GREEDY: tier_name or ctc.TIER_GREEDY}
+    elif tier_name is None:
+        names = {ctc.TIER_CHAR: ctc.TIER_CHAR, ctc.TIER_WORD: ctc.TIER_WORD}
+    else:
+        names = {ctc.TIER_CHAR: f"{tier_name}_char", ctc.TIER_WORD: f"{tier_name}_word"}
+    for name in names.values():
+        schemas.check_tier_name(name)
+    return names
+
+
+def _maker_text(maker: dict) -> str:
+    return (f"model {maker.get('model_id')!r} (weights {maker.get('weights')}), --source {maker.get('source')}, "
+            f"windows {maker.get('max_chunk_s')} s + {maker.get('context_s')} s context")
+
+
+def tier_makers(records: dict) -> dict[str, dict[tuple[str, str], dict]]:
+    """tier → {(stage, params_sha256): {"maker": …, "shards": [...]}} over a run's labels commits (`records`:
+    `Warehouse.commits(run)`). One entry per tier when all is well; more means a mixed tier (made before
+    makers were checked)."""
+    out: dict[str, dict[tuple[str, str], dict]] = {}
+    for (_, stage, shard), rec in sorted(records.items()):
+        if not stage.startswith(LABELS_STAGE) or rec.get("superseded_by_overwrite"):
+            continue
+        model = rec.get("model") or {}
+        maker = rec.get("maker") or {"model_id": model.get("model_id"), "weights": model.get("revision"),
+                                     "source": "greedy" if stage == "labels.ctc_greedy" else "forced"}
+        for tier in rec.get("tiers") or LEGACY_TIERS.get(stage, []):
+            entry = out.setdefault(tier, {}).setdefault((stage, rec.get("params_sha256")),
+                                                        {"maker": maker, "shards": []})
+            entry["shards"].append(shard)
+    return out
+
+
+def check_tier_complete(wh: Warehouse, run: str, tier: str) -> None:
+    """A CTC tier must label every shard of its run with one maker: a killed `labels` leaves shards without
+    labels, whose frames would silently count as unlabelled. Tiers not written by `labels` pass."""
+    records = wh.commits(run)
+    makers = tier_makers(records).get(tier)
+    if not makers:
+        return
+    if len(makers) > 1:
+        made = "; ".join(f"{_maker_text(e['maker'])}: shards {sorted(e['shards'])}" for e in makers.values())
+        raise TierConflict(f"run {run!r}: tier {tier!r} mixes labels of {len(makers)} makers ({made}); rerun "
+                           f"`python -m pipeline labels --run {run} --model MODEL --overwrite-tier` to remake it")
+    (entry,) = makers.values()
+    missing = sorted({shard for (_, stage, shard) in records if stage in CORPUS_STAGES} - set(entry["shards"]))
+    if missing:
+        raise ValueError(f"run {run!r}: tier {tier!r} has no labels for shard(s) {missing} (a `labels` run that "
+                         f"was stopped?): finish it with `python -m pipeline labels --run {run} --model "
+                         f"{entry['maker'].get('model_id')} --source {entry['maker'].get('source')}` and the same "
+                         "options (only the missing shards are labelled)")
+
+
+def _corpus_tiers(wh: Warehouse, records: dict) -> set[str]:
+    """The run's tiers from the corpus: the frames' columns and the segments that ingest/extract wrote."""
+    tiers = set(schemas.FRAME_TIERS)
+    for (_, stage, _), rec in records.items():
+        if stage in CORPUS_STAGES:
+            for f in rec["files"]:
+                if f["path"].startswith("segments/"):
+                    tiers.update(pq.read_table(wh.root / f["path"], columns=["tier"])["tier"].unique().to_pylist())
+    return tiers
+
+
+def claim_tiers(wh: Warehouse, run: str, stage: str, tiers: list[str], params_sha: str, maker: dict,
+                overwrite: bool) -> None:
+    """Refuse to write `tiers` under `stage` where another maker (or stage) made them, unless `overwrite`:
+    then every shard of the stages in the way is superseded by an empty commit first."""
+    records = wh.commits(run)
+    taken = sorted(set(tiers) & _corpus_tiers(wh, records))
+    if taken:
+        raise TierConflict(f"run {run!r}: tier(s) {taken} come from the corpus, never from `labels`; choose "
+                           "another name with --tier-name")
+    made = tier_makers(records)
+    in_the_way: dict[str, list[tuple[str, dict]]] = {}
+    for tier, entries in made.items():
+        for (old_stage, old_sha), entry in entries.items():
+            if (tier in tiers or old_stage == stage) and (old_stage, old_sha) != (stage, params_sha):
+                in_the_way.setdefault(old_stage, []).append((tier, entry))
+    if not in_the_way:
+        return
+    if not overwrite:
+        tier, entry = next(iter(in_the_way.values()))[0]
+        total = len({shard for (_, st, shard) in records if st in CORPUS_STAGES})
+        raise TierConflict(
+            f"run {run!r}: tier {tier!r} was made by {_maker_text(entry['maker'])} ({len(set(entry['shards']))} of "
+            f"{total} shards, stage {next(iter(in_the_way))}); this call would write it with {_maker_text(maker)}. "
+            "One tier never mixes two models or settings: write a new tier with --tier-name NEW, or replace this "
+            "one with --overwrite-tier")
+    for old_stage in in_the_way:
+        shards = sorted(shard for (_, st, shard) in records if st == old_stage)
+        log.warning("run %s: replacing stage %s (%d shards, tiers %s) with %s", run, old_stage, len(shards),
+                    sorted({t for t, _ in in_the_way[old_stage]}), _maker_text(maker))
+        for shard in shards:
+            wh.commit(run, old_stage, shard, [], superseded_by_overwrite=True, maker=maker)
+
+
 def labels(run: str, model: str, warehouse: str = "storage", source: str = "greedy", device: str = "auto",
-           max_chunk_s: float | None = MAX_CHUNK_S, context_s: float = CONTEXT_S) -> LabelCounts:
-    """Write CTC label tiers for every kept utterance of `run` into its `segments` table."""
+           max_chunk_s: float | None = MAX_CHUNK_S, context_s: float = CONTEXT_S, tier_name: str | None = None,
+           overwrite_tier: bool = False) -> LabelCounts:
+    """Write CTC label tiers for every kept utterance of `run` into its `segments` table.
+
+    tier_name: write this tier (forced: NAME_char, NAME_word) instead of ctc_greedy (ctc_char, ctc_word).
+    overwrite_tier: replace the tier even if another model or other parameters made it.
+    """
     started = time.perf_counter()
     if source not in SOURCES:
         raise ValueError(f"--source must be one of {sorted(SOURCES)}, got {source!r}")
+    names = tier_names(source, tier_name)
     wh = Warehouse(warehouse)
     facts = wh.read_facts(run)
     if facts is None:
@@ -189,12 +308,16 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
     if recorded is not None and recorded != cm.geometry.as_dict():
         raise ValueError(f"{model}: frame geometry {cm.geometry.as_dict()} differs from run {run!r}'s {recorded}; "
                          "its frames would not be the run's frames. Use a checkpoint with the same conv stack")
-    name = SOURCES[source]
+    name = tier_name or SOURCES[source]
     stage = f"labels.{name}"
     params_sha = fingerprint({"model": cm.facts(), "source": source, "max_chunk_s": max_chunk_s,
                               "context_s": context_s})
+    maker = {"model_id": cm.model_id, "weights": cm.revision, "source": source, "max_chunk_s": max_chunk_s,
+             "context_s": context_s}
+    claim_tiers(wh, run, stage, list(names.values()), params_sha, maker, overwrite_tier)
     corpus_shards = {shard for (_, st, shard) in wh.commits(run) if st in CORPUS_STAGES}
-    done = {shard for (_, _, shard), rec in wh.commits(run, stage).items() if rec.get("params_sha256") == params_sha}
+    done = set() if overwrite_tier else {shard for (_, _, shard), rec in wh.commits(run, stage).items()
+                                         if rec.get("params_sha256") == params_sha}
     todo = corpus_shards - done
     counts = LabelCounts(skipped_shards=len(corpus_shards & done))
     if not todo:
@@ -209,10 +332,10 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
         prepared, _ = prepare_shard(items, stage, cm.geometry.receptive_field_samples)
         rows, unlabelled, dropped = _label_shard(cm, prepared, kept, source, run, max_chunk_s, context_s)
         counts.utterances += len({r["utterance_id"] for r in rows})
-        table = pa.Table.from_pylist(rows, schema=schemas.SEGMENTS)
+        table = pa.Table.from_pylist([{**r, "tier": names[r["tier"]]} for r in rows], schema=schemas.SEGMENTS)
         record = wh.write("segments", table, run, shard, file_prefix=name)
-        wh.commit(run, stage, shard, [record], params_sha256=params_sha, model=cm.facts(), items=len(items),
-                  unlabelled=unlabelled, dropped=dict(dropped))
+        wh.commit(run, stage, shard, [record], params_sha256=params_sha, model=cm.facts(), maker=maker,
+                  tiers=list(names.values()), items=len(items), unlabelled=unlabelled, dropped=dict(dropped))
         counts.shards += 1
         counts.segments += table.num_rows
         counts.unlabelled.update(unlabelled)

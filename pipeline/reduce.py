@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.analyze import layer_files, vectors
+from pipeline.schemas import check_tier_name
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse, fingerprint
 
@@ -172,6 +173,7 @@ def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int
     """
     if method not in METHODS:
         raise ValueError(f"unknown reduction method {method!r}: use one of {', '.join(METHODS)}")
+    check_tier_name(tier)
     wh = Warehouse(warehouse)
     t0 = time.perf_counter()
     pca = fit_pca(wh, run, layer, pca_dims)

@@ -16,7 +16,8 @@ Sections that need a later stage appear only when its table holds rows for a rep
 "Variants and groups" (`group_metrics`, from `analyze --by ATTRIBUTE`) and "Transcripts and
 transcriber disagreement" (`decoded`, `frame_disagreement`, from `transcripts`; the maps then get a
 row coloured by the number of disagreeing references). Labels are those of `tier`: `phone` or
-`word` (columns of `frames`) or any `segments` tier of every run (e.g. ctc_greedy).
+`word` (columns of `frames`) or any `segments` tier of every run (e.g. ctc_greedy); the clusterings
+shown (maps, contingency, agreement, decoding) are the k-means `analyze` trained for that tier.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ import altair as alt
 
 from pipeline import charts
 from pipeline.compare import analysed, compare
+from pipeline.labels import check_tier_complete
 from pipeline.reduce import METHODS, reduce
+from pipeline.schemas import FRAME_TIERS, check_tier_name
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-FRAME_TIERS = ("phone", "word")  # columns of `frames`; any other tier comes from `segments`
 PREFERRED_RULE = "gap"  # the disagreement rule the maps colour when a run has several
 
 
@@ -118,8 +120,10 @@ def ensure_comparisons(wh: Warehouse, runs: Sequence[str], n: int, seed: int, k:
     return done, refused
 
 
-def check_tier(con, runs: Sequence[str], tier: str) -> None:
-    """A tier other than the frames' phone and word columns must be a `segments` tier of every run."""
+def check_tier(con, runs: Sequence[str], tier: str, wh: Warehouse | None = None) -> None:
+    """A tier other than the frames' phone and word columns must be a `segments` tier of every run
+    (and, when `labels` made it, complete: `pipeline.labels.check_tier_complete`, given `wh`)."""
+    check_tier_name(tier)
     if tier in FRAME_TIERS:
         return
     found = query(None, "report_tiers", {"runs": ",".join(runs)}, con=con).to_pylist()
@@ -128,6 +132,8 @@ def check_tier(con, runs: Sequence[str], tier: str) -> None:
         offered = sorted({r["tier"] for r in found} | set(FRAME_TIERS))
         raise ValueError(f"run(s) {lacking} have no tier {tier!r}: use one of {offered} (CTC tiers come from "
                          "`python -m pipeline labels`)")
+    for run in runs if wh is not None else ():
+        check_tier_complete(wh, run, tier)
 
 
 def disagreement_rules(counts) -> dict[str, str]:
@@ -151,6 +157,7 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     recompute: redo the reductions and comparisons even where committed ones exist.
     """
     t0 = time.perf_counter()
+    check_tier_name(tier)
     runs = [runs] if isinstance(runs, str) else list(runs)
     runs = [r for part in runs for r in part.split(",") if r]
     wh = Warehouse(warehouse)
@@ -164,7 +171,7 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
             raise ValueError(f"run {run!r} has no extracted frames in {wh.root} (runs there: {wh.runs()}); "
                              "run `python -m pipeline extract` first")
         layers[run] = sorted(facts["layers"])
-    check_tier(wh.connect(), runs, tier)
+    check_tier(wh.connect(), runs, tier, wh)
     keys = {run: key_layers(layers[run]) for run in runs}
     plan = {run: {m: (layers[run] if m == "pca" else keys[run]) for m in methods} for run in runs}
     reduced = ensure_reductions(wh, runs, plan, map_points, seed, recompute, tier)
@@ -211,7 +218,7 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
         others = [r for r in runs[1:] if r not in refused]
         figs = [charts.cka_heatmap(con, runs[0], other) for other in others]
         if others:
-            figs.append(charts.agreement_curves(con, runs[0], others))
+            figs.append(charts.agreement_curves(con, runs[0], others, tier=tier))
         intro = (f"{runs[0]} against {', '.join(others)} on the same frames: linear CKA between every pair of "
                  "layers, and per layer how far the k-means clusterings of the two runs agree." if others else "")
         intro += "".join(f" Not compared with {r}: {why}" for r, why in refused.items())
@@ -229,7 +236,7 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
                 "Per utterance attribute scored by `analyze --by` (dialect, gender, speaker, …): is the layer's "
                 f"{tier} structure the same in every group, and does a clustering or a probe fitted on the other "
                 "groups work on this one as well as one fitted on the group itself?")))
-    sections += transcript_sections(con, runs, disagreement, rules)
+    sections += transcript_sections(con, runs, disagreement, rules, tier)
     overview = query(None, "run_overview", {}, con=con)
     path = write_report(Path(out), runs, sections, table, overview, png=png,
                         facts={"k": k, "tier": tier, "map_points": map_points, "seed": seed, "top_n": top_n,
@@ -241,10 +248,11 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     return path
 
 
-def transcript_sections(con, runs: Sequence[str], disagreement: charts.Figure, rules: dict[str, str]) -> list[Section]:
+def transcript_sections(con, runs: Sequence[str], disagreement: charts.Figure, rules: dict[str, str],
+                        tier: str = "phone") -> list[Section]:
     """The "Transcripts and transcriber disagreement" section, when `transcripts` wrote rows for a run."""
     figs = []
-    cer = charts.decoded_cer_curves(con, runs)
+    cer = charts.decoded_cer_curves(con, runs, tier)
     if cer.data.num_rows:
         figs.append(cer)
     if disagreement.data.num_rows:

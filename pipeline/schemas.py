@@ -6,9 +6,27 @@ written with and refuses to append rows under another one.
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
+
+# A label tier's name goes into file names and Hive partitions (`tier=<name>`): letters, digits,
+# '_', '.', '-', starting with a letter (DuckDB reads a partition value that looks like a number
+# or a date as one, and so also 'inf', 'infinity' and 'epoch', which it takes for dates).
+TIER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,49}")
+TIER_NAMES_READ_AS_DATES = ("inf", "infinity", "epoch")
+FRAME_TIERS = ("phone", "word")  # label columns of `frames`; any other tier is read from `segments`
+
+
+def check_tier_name(tier: str) -> str:
+    """`tier` if usable in paths and partitions, else a ValueError that says what is allowed."""
+    if not isinstance(tier, str) or not TIER_NAME.fullmatch(tier) or tier.lower() in TIER_NAMES_READ_AS_DATES:
+        raise ValueError(f"tier name {tier!r} is not usable in a file name or partition: use letters, digits, "
+                         "'_', '.', '-', starting with a letter, at most 50 characters (and not "
+                         f"{', '.join(TIER_NAMES_READ_AS_DATES)}), e.g. ctc_greedy or ipa_narrow")
+    return tier
 
 UTTERANCES = pa.schema(
     [
@@ -108,3 +126,33 @@ REASONS = {
     "audio_too_large": "the audio file is larger than the size cap (PIPELINE_MAX_AUDIO_BYTES)",
     "duplicate_file": "two files of the corpus differ only in the case of their names: which one is meant is ambiguous",
 }
+
+# Tables keyed by (run, layer, k) before they were keyed by tier too: their old files have no `tier`
+# column (extra key columns beside `run`, `layer`, `k` in the value). An old row is read as tier
+# 'phone' where its run(s), layer and k were never analysed on another tier (no such `metrics`), and
+# left out otherwise: a later analysis on another tier overwrote the one file both tiers shared, so
+# which tier it holds is unknown (rerun `analyze`).
+UNTIERED = {"clusters": ("run",), "centroids": ("run",), "decoded": ("run",), "run_agreement": ("run", "other")}
+
+
+def tiered_views(con) -> None:
+    """Give the DuckDB views of UNTIERED tables a `tier` for every row (see above). Idempotent."""
+    views = {name for (name,) in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
+    for name, run_columns in UNTIERED.items():
+        if name not in views or f"_{name}_files" in views:
+            continue
+        columns = {c for (c,) in con.execute(f"select column_name from (describe {name})").fetchall()}
+        con.execute(f"alter view {name} rename to _{name}_files")
+        joins, misses = [], []
+        if "metrics" in views:
+            for i, column in enumerate(run_columns):
+                joins.append(f"left join (select distinct run, layer, k from metrics where tier <> 'phone') o{i} "
+                             f"on o{i}.run = t.{column} and o{i}.layer = t.layer and o{i}.k = t.k")
+                misses.append(f"o{i}.run is null")
+        legacy = " and ".join(misses) or "true"
+        if "tier" in columns:
+            select = "select t.* replace (coalesce(t.tier, 'phone') as tier)"
+            keep = f"t.tier is not null or ({legacy})"
+        else:
+            select, keep = "select t.*, 'phone' as tier", legacy
+        con.execute(f"create view {name} as {select} from _{name}_files t {' '.join(joins)} where {keep}")

@@ -24,14 +24,15 @@ reference; reference j disagrees with
 A frame's value is the number of references that disagree with it, each counted once.
 
 CLI (proposed; pipeline/cli.py wires it):
-    python -m pipeline transcripts --run R [--layers all|-1,0,6-12] [--k K] [--references text,text1,...]
+    python -m pipeline transcripts --run R [--layers all|-1,0,6-12] [--k K] [--tier T] [--references text,...]
         [--rule gap|original] [--empty-gap next|previous|drop] [--warehouse DIR]
-Greedy frame labels come from `segments` (tier `ctc_greedy`), clusters from `clusters`; references
+Greedy frame labels come from `segments` (tier `ctc_greedy`), clusters from `clusters` (every
+clustering: each layer, k and the tier its k-means was trained for, or only `--tier`); references
 are `utterances.text` (`text`) or keys of `utterances.metadata`, normalised by `normalise_text`.
 
 Tables (Hive partitions after `run`):
-    decoded/run/layer/k/part-00000                utterance_id, hypothesis, reference, n_edits,
-                                                  n_reference_chars, cer
+    decoded/run/layer/k/<tier>-00000              utterance_id, hypothesis, reference, n_edits,
+                                                  n_reference_chars, cer, tier (of the clustering)
     frame_disagreement/run/rule/part-00000        utterance_id, frame, n_disagree, n_references
 """
 
@@ -50,6 +51,7 @@ import pyarrow as pa
 
 from pipeline.ctc import collapse
 from pipeline.metrics import majority_mapping
+from pipeline.schemas import check_tier_name, tiered_views
 from pipeline.warehouse import Warehouse, fingerprint
 
 log = logging.getLogger(__name__)
@@ -466,6 +468,7 @@ class TranscriptsConfig:
     warehouse: str = "storage"
     layers: str = "all"  # layers with clusters to decode: 'all' or a comma list
     k: int | None = None  # None: every k clustered
+    tier: str | None = None  # only the clusterings trained for this tier; None: every tier clustered
     references: str = "text"  # comma list: `text` (utterances.text) or utterances.metadata keys
     rule: str = "gap"
     empty_gap: str = "next"
@@ -544,28 +547,36 @@ def transcripts(cfg: TranscriptsConfig) -> dict[str, int]:
     if cfg.rule not in RULES or cfg.empty_gap not in EMPTY_GAP:
         raise ValueError(f"--rule must be one of {RULES} and --empty-gap one of {EMPTY_GAP}, "
                          f"got {cfg.rule!r} and {cfg.empty_gap!r}")
+    if cfg.tier is not None:
+        check_tier_name(cfg.tier)
     wh = Warehouse(cfg.warehouse)
     facts = wh.read_facts(cfg.run) or {}
     geometry = facts.get("geometry")
     if not geometry:
         raise ValueError(f"run {cfg.run!r} in {cfg.warehouse} records no frame geometry: run `extract` first")
     con = wh.connect()
+    tiered_views(con)
     rows = query(wh.root, GREEDY_LABELS_SQL, {"run": cfg.run, "tier": GREEDY_TIER}, con=con)
     if rows.num_rows == 0:
         raise ValueError(f"run {cfg.run!r} has no `{GREEDY_TIER}` segments: extract it with a CTC model first")
     labels = greedy_frame_labels(rows, geometry["hop_samples"] / geometry["sample_rate_hz"])
     written = {"decoded": 0, "frame_disagreement": 0}
     for clustering in query(wh.root, CLUSTERINGS_SQL, {"run": cfg.run}, con=con).to_pylist():
-        layer, k = clustering["layer"], clustering["k"]
-        if (cfg.layers != "all" and str(layer) not in cfg.layers.split(",")) or (cfg.k is not None and k != cfg.k):
+        layer, k, tier = clustering["layer"], clustering["k"], clustering["tier"]
+        if ((cfg.layers != "all" and str(layer) not in cfg.layers.split(",")) or (cfg.k is not None and k != cfg.k)
+                or (cfg.tier is not None and tier != cfg.tier)):
             continue
         t0 = time.perf_counter()
-        table = decoded_table(labels, query(wh.root, CLUSTERS_SQL, {"run": cfg.run, "layer": layer, "k": k}, con=con))
-        record = wh.write("decoded", table, cfg.run, 0, layer=layer, k=k)
-        wh.commit(cfg.run, f"transcripts.decoded.k{k}", layer, [record], params=fingerprint(cfg.__dict__),
+        table = decoded_table(labels, query(wh.root, CLUSTERS_SQL, {"run": cfg.run, "layer": layer, "k": k,
+                                                                   "tier": tier}, con=con))
+        table = table.append_column(pa.field("tier", pa.string()), pa.array([tier] * table.num_rows, pa.string()))
+        record = wh.write("decoded", table, cfg.run, 0, file_prefix=tier, layer=layer, k=k)
+        # phone keeps the stage name of the commits made before tiers, so that this one supersedes them
+        stage = f"transcripts.decoded.k{k}" + ("" if tier == "phone" else f".{tier}")
+        wh.commit(cfg.run, stage, layer, [record], params=fingerprint(cfg.__dict__), tier=tier,
                   seconds=time.perf_counter() - t0)
         written["decoded"] += table.num_rows
-        log.info("layer %s k %s: corpus CER %.4f", layer, k,
+        log.info("layer %s k %s tier %s: corpus CER %.4f", layer, k, tier,
                  _rate(sum(table.column("n_edits").to_pylist()), sum(table.column("n_reference_chars").to_pylist())))
     names = [n.strip() for n in cfg.references.split(",") if n.strip()]
     references = reference_texts(query(wh.root, UTTERANCES_SQL, {"run": cfg.run}, con=con), names)

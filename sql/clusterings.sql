@@ -1,10 +1,10 @@
--- The clusterings `analyze` has made for a run: one row per (layer, k).
+-- The clusterings `analyze` has made for a run: one row per (layer, k, tier) (each tier's k-means is its own).
 -- params: $run
 with final as (
-    select distinct layer, k
+    select distinct layer, k, tier
     from clusters
     where run = $run
-    order by layer, k
+    order by layer, k, tier
 )
 
 select * from final

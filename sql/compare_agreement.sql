@@ -1,8 +1,8 @@
 -- Per layer, how much $run agrees with each of $others: the clusterings' agreement (AMI, NMI, ARI
--- of k-means with the same k, from `run_agreement`) and the linear CKA of the same layer in both
+-- of k-means with the same k trained for $tier, from `run_agreement`) and the linear CKA of the same layer in both
 -- runs (the diagonal of `cka`, metric 'cka'). Long form, one row per other run, metric and layer;
 -- other runs and metrics keep the order given.
--- params: $run, $others (comma-separated run names), $metrics (comma-separated, e.g. 'ami,nmi,ari,cka')
+-- params: $run, $others (comma-separated run names), $metrics (comma-separated, e.g. 'ami,nmi,ari,cka'), $tier
 with wanted_others as (
     select
         unnest(string_split($others, ',')) as other,
@@ -16,7 +16,7 @@ wanted_metrics as (
 ),
 
 clusterings as (
-    select other, layer, k, metric, value, n from run_agreement where run = $run
+    select other, layer, k, metric, value, n from run_agreement where run = $run and tier = $tier
 ),
 
 diagonal as (

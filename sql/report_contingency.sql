@@ -1,4 +1,4 @@
--- Label × cluster contingency of chosen layers of one run (k-means with $k clusters): frames per
+-- Label × cluster contingency of chosen layers of one run (k-means with $k clusters, trained for $tier): frames per
 -- (layer, label, cluster), the share of the label's frames in that cluster (rows sum to 1), the
 -- cluster's majority label, and sort keys: labels by phone class then frequency, clusters by their
 -- majority label's position (so a good clustering shows a diagonal).
@@ -15,7 +15,7 @@ joined as (  -- every clustered frame with its label on $tier (macro frame_label
     select c.layer, c.cluster, fl.label
     from clusters c
     join frame_labels($run, $tier) fl on fl.layer = c.layer and fl.utterance_id = c.utterance_id and fl.frame = c.frame
-    where c.run = $run and c.k = $k and c.layer in (select layer from wanted)
+    where c.run = $run and c.k = $k and c.tier = $tier and c.layer in (select layer from wanted)
 ),
 
 cells as (

@@ -5,7 +5,7 @@
 -- class (the `phone_classes` table, registered by the caller), speaker (the $top_n with most
 -- audio, else 'other'), utterance metadata, time, how many reference transcripts disagree with
 -- the model at the frame (`frame_disagreement` of the first panel's run under $rule; null without
--- one), and the frame's k-means cluster in that panel (k = $k; null if none).
+-- one), and the frame's k-means cluster in that panel (k = $k, trained for $tier; null if none).
 -- One row per panel and frame.
 -- $tier: 'phone' or 'word' (columns of `frames`) or any `segments` tier (e.g. ctc_greedy): the
 -- interval holding the frame's centre (run geometry; start inclusive, end exclusive).
@@ -114,7 +114,8 @@ final as (
     from points p
     join described d on d.utterance_id = p.utterance_id and d.frame = p.frame
     left join clusters c
-        on c.run = p.run and c.layer = p.layer and c.k = $k and c.utterance_id = p.utterance_id and c.frame = p.frame
+        on c.run = p.run and c.layer = p.layer and c.k = $k and c.tier = $tier
+        and c.utterance_id = p.utterance_id and c.frame = p.frame
     order by p.panel, d.utterance_id, d.frame
 )
 

@@ -301,7 +301,7 @@ def test_tables_are_committed_replaced_on_rerun_and_pass_the_checks(wh):
     assert len(agreement) == 1 and agreement[0][0] == 4
     assert pq.read_schema(wh / "cka" / "run=A" / "other=B" / "part-00000.parquet").equals(CKA_SCHEMA)
     record = json.loads((wh / "_commits" / "run=A" / "compare.B.rank0.jsonl").read_text().splitlines()[-1])
-    assert record["params"] == {"run": "A", "other": "B", "n": 150, "seed": 2, "k": 4}
+    assert record["params"] == {"run": "A", "other": "B", "n": 150, "seed": 2, "k": 4, "tiers": ["phone"]}
     assert all(v == 0 for v in run_checks(wh).values()), run_checks(wh)
     shown = query(wh, "compare_cka", {"run": "A", "other": "B"}).to_pylist()
     assert [(r["layer"], r["other_layer"]) for r in shown] == [(a, b) for a in LAYERS for b in LAYERS]

@@ -16,7 +16,7 @@ import torch
 from conftest import audio_bytes, make_timit, run_checks, tone
 from pipeline import ctc
 from pipeline.extract import ExtractConfig, extract
-from pipeline.labels import labels, load_ctc_model
+from pipeline.labels import TierConflict, labels, load_ctc_model
 from pipeline.model import normalize_waveform
 from pipeline.warehouse import Warehouse
 
@@ -132,9 +132,14 @@ def test_rerun_skips_or_replaces_and_never_duplicates(timit_run, ctc_model):
     again = labels("r", str(ctc_model), warehouse=str(wh), source="greedy", device="cpu")
     assert (again.shards, again.skipped_shards, again.segments) == (0, 2, 0)
     assert segments_of(wh, "ctc_greedy") == before
-    # other parameters (short windows): every shard is rewritten under the same file names
+    # other parameters (short windows) would mix two settings in one tier: refused, unless the tier is
+    # replaced, when every shard is rewritten under the same file names
+    with pytest.raises(TierConflict, match=r"run 'r': tier 'ctc_greedy' was made by .* windows 30.0 s .* "
+                                           r"windows 0.2 s .*--tier-name NEW.*--overwrite-tier"):
+        labels("r", str(ctc_model), warehouse=str(wh), source="greedy", device="cpu", max_chunk_s=0.2, context_s=0.1)
+    assert segments_of(wh, "ctc_greedy") == before
     rewritten = labels("r", str(ctc_model), warehouse=str(wh), source="greedy", device="cpu",
-                       max_chunk_s=0.2, context_s=0.1)
+                       max_chunk_s=0.2, context_s=0.1, overwrite_tier=True)
     assert (rewritten.shards, rewritten.skipped_shards) == (2, 0)
     n = Warehouse(wh).connect().sql("select count(*) from segments where tier = 'ctc_greedy'").fetchall()[0][0]
     assert n == rewritten.segments and first.shards + first.skipped_shards == 2

@@ -64,7 +64,8 @@ def add_greedy_tier(root: Path, run: str) -> dict[str, list[str]]:
             rows.append({"utterance_id": utt, "tier": T.GREEDY_TIER, "idx": idx, "label": frames[a],
                          "start_s": 0.0025 + HOP_S * a, "end_s": 0.0025 + HOP_S * b, "source": "test"})
     record = wh.write("segments", pa.Table.from_pylist(rows, schema=SEGMENTS), run, 0, file_prefix="ctc")
-    wh.commit(run, f"labels.{T.GREEDY_TIER}", 0, [record])
+    # one file for every shard: not a `labels` stage, whose tiers must have one commit per corpus shard
+    wh.commit(run, f"test.{T.GREEDY_TIER}", 0, [record])
     return labels
 
 
@@ -76,8 +77,11 @@ def write_transcripts(root: Path, run: str, layers=(-1, 0, 1, 2)) -> None:
     con = wh.connect()
     labels = T.greedy_frame_labels(query(None, "tier_segments", {"run": run, "tier": T.GREEDY_TIER}, con=con), HOP_S)
     for layer in layers:
-        table = T.decoded_table(labels, query(None, "clusters_of", {"run": run, "layer": layer, "k": K}, con=con))
-        wh.commit(run, f"transcripts.decoded.k{K}", layer, [wh.write("decoded", table, run, 0, layer=layer, k=K)])
+        clusters = query(None, "clusters_of", {"run": run, "layer": layer, "k": K, "tier": "phone"}, con=con)
+        table = T.decoded_table(labels, clusters)
+        table = table.append_column("tier", pa.array(["phone"] * table.num_rows, pa.string()))
+        record = wh.write("decoded", table, run, 0, file_prefix="phone", layer=layer, k=K)
+        wh.commit(run, f"transcripts.decoded.k{K}", layer, [record])
     references = {}
     for utt, frames in labels.items():
         own = T.greedy_transcript(frames)

@@ -151,11 +151,12 @@ def _tiny_warehouse(root) -> Warehouse:
     files.append(wh.write("utterances", pa.Table.from_pylist(utts, schema=UTTERANCES), "r", 0))
     wh.commit("r", "ingest", 0, files)
     clusters = {"u1": [0, 1, 1, 0, 2, 3, 4, 0], "u2": [1, 2]}
-    crows = [{"utterance_id": u, "frame": f, "cluster": c, "distance": 0.0}
+    crows = [{"utterance_id": u, "frame": f, "cluster": c, "distance": 0.0, "tier": "phone"}
              for u, cs in clusters.items() for f, c in enumerate(cs)]
     from pipeline.analyze import CLUSTERS_SCHEMA
 
-    rec = wh.write("clusters", pa.Table.from_pylist(crows, schema=CLUSTERS_SCHEMA), "r", 0, layer=3, k=5)
+    rec = wh.write("clusters", pa.Table.from_pylist(crows, schema=CLUSTERS_SCHEMA), "r", 0, file_prefix="phone",
+                   layer=3, k=5)
     wh.commit("r", "analyze.k5.phone", 3, [rec])
     return wh
 
