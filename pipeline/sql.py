@@ -65,9 +65,13 @@ def query(warehouse: str | Path, sql: str, params: dict[str, Any] | None = None,
 
 
 def run_checks(warehouse: str | Path) -> dict[str, int]:
-    """Every `sql/checks/*.sql` must return zero rows on a healthy warehouse."""
-    con = Warehouse(warehouse).connect()
-    return {
-        path.stem: con.sql(path.read_text()).to_arrow_table().num_rows
-        for path in sorted((SQL_DIR / "checks").glob("*.sql"))
-    }
+    """Every `sql/checks/*.sql` must return zero rows on a healthy warehouse: offending rows per check
+    (the queries run in `pipeline.check`, which `python -m pipeline check` reports; a failing query raises)."""
+    from pipeline.check import run_sql_checks
+
+    out = {}
+    for name, rows in run_sql_checks(Warehouse(warehouse)).items():
+        if isinstance(rows, Exception):
+            raise rows
+        out[name] = rows.num_rows
+    return out
