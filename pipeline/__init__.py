@@ -7,3 +7,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+NOTEBOOK_API = ("open_warehouse", "vectors")  # `from pipeline import open_warehouse, vectors` (pipeline/notebook.py)
+
+
+def __getattr__(name: str):
+    """The notebook API, imported on first use so that `import pipeline` stays free of DuckDB and Arrow."""
+    if name in NOTEBOOK_API:
+        from pipeline import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -16,7 +16,11 @@ EXAMPLES = {
     "extract": "python -m pipeline extract --run demo            # embedded corpus, embedded model\n"
     "  python -m pipeline extract --format hf --corpus timit_asr --id-column speaker_id,id "
     "--model facebook/wav2vec2-base --run timit-base",
-    "sql": "python -m pipeline sql phone_counts --param run=demo --format csv",
+    "sql": "python -m pipeline sql phone_counts --param run=demo --format csv\n"
+    "  python -m pipeline sql \"select * from frames where run = $run and layer = 2\" --param run=demo "
+    "--out out/frames.parquet",
+    "views": "python -m pipeline views --out views.sql && duckdb -init views.sql\n"
+    "  (the warehouse keeps an up-to-date copy at storage/views.sql)",
     "analyze": "python -m pipeline analyze --run demo --k 50",
     "reduce": "python -m pipeline reduce --run demo --layers=-1,2,4 --methods pca,tsne,umap --n 5000",
     "report": "python -m pipeline report --runs demo --out storage/report",
@@ -94,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="column of reference labels")
     p.add_argument("--clusters", required=True, help="column of cluster ids")
     p.add_argument("--where", help="SQL condition selecting rows, e.g. \"label_id != 0\"")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--format", default="table", choices=["table", "csv", "json", "ndjson"],
+                   help="json: one array of rows; ndjson: one object per line")
     _common(p)
 
     p = command("reduce", "2-D PCA (fitted on every frame, streamed), t-SNE and UMAP (balanced sample) per layer")
@@ -165,8 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sql", "run a query from sql/ (by name or path) or literal SQL on the warehouse views")
     p.add_argument("query")
     p.add_argument("--param", action="append", default=[], help="name=value for $name in the query")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--format", choices=["table", "csv", "json", "ndjson"],
+                   help="table (default on screen), csv, json (one array of rows, as `duckdb -json`), ndjson "
+                        "(one object per line); with --out, the file's suffix decides")
+    p.add_argument("--out", help="write the result to this file instead of the screen: "
+                                 f"{', '.join(OUT_SUFFIXES)} (a missing folder is created)")
     p.add_argument("--max-rows", type=int, default=100, help="table format: rows shown")
+    _common(p)
+
+    p = command("views", "print (or write with --out) a SQL script that creates the warehouse's views in any "
+                         "DuckDB client: committed files only, plus runs, run_geometry and frame_labels")
+    p.add_argument("--run", help="only this run's files and facts (default: every run)")
+    p.add_argument("--out", help="write the script to this file (atomically) instead of the screen")
     _common(p)
     return parser
 
@@ -188,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
                 "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
                 "compare": _compare, "demo-models": _demo_models,
-                "metadata": _metadata}
+                "metadata": _metadata, "views": _views}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -359,18 +374,106 @@ def _sql(args) -> int:
     from pipeline.sql import parse_param, query
 
     params = dict(parse_param(p) for p in args.param)
-    _print(query(args.warehouse, args.query, params), args.format, args.max_rows)
+    fmt = _out_format(args.out, args.format) if args.out else args.format or "table"
+    table = query(args.warehouse, args.query, params)
+    if args.out:
+        _write_out(table, args.out, fmt)
+        print(f"sql: {table.num_rows} rows written to {args.out}")
+    else:
+        _print(table, fmt, args.max_rows)
     return 0
 
 
-def _print(table, fmt: str, max_rows: int = 100) -> None:
+def _views(args) -> int:
+    from pathlib import Path
+
+    from pipeline.views import views_sql, write_atomic
+    from pipeline.warehouse import Warehouse
+
+    if not Path(args.warehouse).is_dir():
+        raise FileNotFoundError(f"no warehouse at {args.warehouse}: pass the folder given as --warehouse")
+    script = views_sql(Warehouse(args.warehouse), args.run)
+    if args.out:
+        write_atomic(Path(args.out), script)
+        print(f"views: written to {args.out}; run `duckdb -init {args.out}`")
+    else:
+        sys.stdout.write(script)
+    return 0
+
+
+OUT_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+
+
+def _out_format(out: str, fmt: str | None) -> str:
+    """The format of an --out file: its suffix's; a --format that says otherwise is a mistake."""
+    from pathlib import Path
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in OUT_SUFFIXES:
+        raise ValueError(f"--out {out}: unknown suffix {suffix!r}; use one of {', '.join(OUT_SUFFIXES)}")
+    if fmt is not None and fmt != OUT_SUFFIXES[suffix]:
+        raise ValueError(f"--format {fmt} does not match --out {out} (a {OUT_SUFFIXES[suffix]} file): "
+                         "leave out --format, or change the suffix")
+    return OUT_SUFFIXES[suffix]
+
+
+def _write_out(table, out: str, fmt: str) -> None:
+    """The result into `out` (its folder created), written to a temp name and renamed: never half a file."""
+    import uuid
+    from pathlib import Path
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            with open(tmp, "wb") as fh:
+                _render(table, fmt, fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _render(table, fmt: str, fh) -> None:
+    """csv, json (one array) or ndjson (one object per line) of `table` into the binary stream `fh`."""
     if fmt == "csv":
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, sys.stdout.buffer)
-    elif fmt == "json":
-        for row in table.to_pylist():
-            print(json.dumps(row, default=str))
+        pacsv.write_csv(table, fh)
+        return
+    lines = _json_rows(table)
+    if fmt == "json":
+        fh.write(("[" + ",\n".join(lines) + "]\n").encode())
+    else:
+        fh.write("".join(line + "\n" for line in lines).encode())
+
+
+def _json_rows(table) -> list[str]:
+    """Each row as a JSON object, serialised by DuckDB (every type it returns: maps, lists, decimals, dates).
+    JSON has no NaN or infinity: a top-level float column's non-finite values become null."""
+    import duckdb
+    import pyarrow as pa
+
+    def ident(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    columns = [f"case when isfinite({ident(f.name)}) then {ident(f.name)} end as {ident(f.name)}"
+               if pa.types.is_floating(f.type) else ident(f.name) for f in table.schema]
+    con = duckdb.connect()
+    con.register("result", table)
+    return [line for (line,) in con.execute(f"select to_json(r) from (select {', '.join(columns)} from result) r")
+            .fetchall()]
+
+
+def _print(table, fmt: str, max_rows: int = 100) -> None:
+    if fmt in ("csv", "json", "ndjson"):
+        sys.stdout.flush()
+        _render(table, fmt, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
     else:
         import polars as pl
 
