@@ -18,8 +18,11 @@ def load_query(query: str) -> str:
     """A file in `sql/` by name (`phone_counts`), a path to a .sql file, or literal SQL."""
     candidates = [Path(query), SQL_DIR / query, SQL_DIR / f"{query}.sql"]
     for path in candidates:
-        if path.suffix == ".sql" and path.is_file():
-            return path.read_text()
+        try:
+            if path.suffix == ".sql" and path.is_file():
+                return path.read_text()
+        except OSError:  # literal SQL longer than a file name can be
+            continue
     if re.fullmatch(r"[\w/.-]+", query.strip()):
         known = ", ".join(sorted(p.stem for p in SQL_DIR.glob("*.sql")))
         raise FileNotFoundError(f"no query named {query!r} in {SQL_DIR} (known: {known})")

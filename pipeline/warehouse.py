@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline import lock as runlock
 from pipeline.lock import LeaseLost, RunLocked  # noqa: F401 - re-exported for the commands
-from pipeline.schemas import SCHEMA_VERSION, TABLES, empty_view_schema
+from pipeline.schemas import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # always fullmatch: `$` lets a final newline pass
@@ -443,49 +443,15 @@ class Warehouse:
 
     # ---------------------------------------------------------------- DuckDB
     def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with one view per table over the committed files of every run."""
+        """A DuckDB connection with the views of `pipeline.views.views_sql` (one definition, also written to
+        `views.sql` for other clients): committed files of every run, empty views, runs, run_geometry,
+        frame_labels; old warehouses' clusterings get their `tier` (schemas.tiered_views)."""
+        from pipeline.schemas import tiered_views
+        from pipeline.views import views_sql  # views.py imports this module
+
         con = duckdb.connect(database)
-        root = self.root.resolve().as_posix()
-        if "," in root:  # DuckDB splits the search path at commas; views use absolute paths anyway
-            log.warning("warehouse path %s contains a comma: relative paths in your SQL will not resolve", root)
-        else:
-            con.execute("set file_search_path = " + _sql_string(root))
-        commits = self.commits()
-        tables: dict[str, set[str]] = {}
-        for rec in commits.values():
-            for f in rec["files"]:
-                tables.setdefault(f["path"].split("/", 1)[0], set()).add(f["path"])
-        for name in [*TABLES, "frames"]:
-            tables.setdefault(name, set())
-        for name, files in sorted(tables.items()):
-            if files:
-                paths = [(self.root / p).as_posix() for p in sorted(files)]
-                con.execute(
-                    f"create or replace view {name} as select * from read_parquet($paths, "
-                    "hive_partitioning = true, union_by_name = true)".replace("$paths", _sql_list(paths))
-                )
-            else:
-                schema = empty_view_schema(name)
-                if schema is not None:
-                    con.register(f"_empty_{name}", schema.empty_table())
-                    con.execute(f"create or replace view {name} as select * from _empty_{name}")
-        facts = []
-        for r in self.runs():
-            try:
-                facts.append({"run": r, "facts": json.dumps(self.read_facts(r), sort_keys=True)})
-            except DamagedFacts as err:
-                log.warning("%s. Run %r is left out of `runs` and `run_geometry`; every other run stays queryable.",
-                            err, r)
-        runs_table = pa.Table.from_pylist(facts, schema=pa.schema([("run", pa.string()), ("facts", pa.string())]))
-        con.register("_runs_table", runs_table)
-        con.execute("create or replace view runs as select run, facts::json as facts from _runs_table")
-        # frame geometry per run, for frame centres in SQL: (hop * frame + rf / 2) / rate, float64 as in Python
-        con.execute("create or replace view run_geometry as select run, "
-                    "(facts -> 'geometry' ->> 'hop_samples')::double as hop, "
-                    "(facts -> 'geometry' ->> 'receptive_field_samples')::double as rf, "
-                    "(facts -> 'geometry' ->> 'sample_rate_hz')::double as rate "
-                    "from runs where (facts -> 'geometry') is not null")
-        con.execute(FRAME_LABELS_MACRO)
+        con.execute(views_sql(self))
+        tiered_views(con)
         return con
 
 
@@ -506,13 +472,3 @@ left join segments s
     and (g.hop * f.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * f.frame + g.rf / 2) / g.rate < s.end_s
 where f.run = which_run
 """
-
-
-def _sql_string(text: str) -> str:
-    """A SQL string literal (a warehouse path may hold a quote)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _sql_list(paths: list[str]) -> str:
-    """A SQL list literal of file paths."""
-    return "[" + ", ".join(map(_sql_string, paths)) + "]"
