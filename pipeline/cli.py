@@ -29,13 +29,17 @@ EXAMPLES = {
     "compare": "python -m pipeline compare --runs demo,demo-ctc",
     "demo-models": "python -m pipeline demo-models --warehouse storage",
     "metadata": "python -m pipeline metadata --run fi-base data/utt2gender data/speakers.csv",
+    "check": "python -m pipeline check --run demo",
     "transcripts": "python -m pipeline transcripts --run fi-base --references text1,text2,text3,text4",
 }
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, writes: bool = False) -> None:
     p.add_argument("--warehouse", default="storage", help="warehouse root folder (default: storage)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every quarantined item")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every quarantined item, show tracebacks")
+    if writes:
+        p.add_argument("--wait", action="store_true",
+                       help="if another job holds the run's lock, wait for it instead of stopping at once")
 
 
 def _source_flags(p: argparse.ArgumentParser) -> None:
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ingest", "stream a corpus into the utterances, segments and quarantine tables")
     _source_flags(p)
     p.add_argument("--shard-size", type=int, default=64, help="utterances per shard (default 64)")
-    _common(p)
+    _common(p, writes=True)
 
     p = command("extract", "stream a corpus through a model into the frames table (every chosen layer)")
     _source_flags(p)
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-samples", type=int, default=16_000 * 160)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    _common(p)
+    _common(p, writes=True)
 
     p = command("analyze", "per layer: k-means on a balanced sample, assign every frame, score against phone labels")
     p.add_argument("--run", required=True)
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", help="also score per group of this utterance attribute (speaker, gender, dialect, …) "
                                 "and run the cross-group test")
     p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear phone probe")
-    _common(p)
+    _common(p, writes=True)
 
     p = command("score", "clustering metrics for any two columns of a Parquet file or warehouse view")
     p.add_argument("table", help="a Parquet file (or glob) or the name of a warehouse view")
@@ -113,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity", type=float, default=30.0)
     p.add_argument("--n-neighbors", type=int, default=15)
     p.add_argument("--min-dist", type=float, default=0.1)
-    _common(p)
+    _common(p, writes=True)
 
     p = command("report", "one self-contained HTML report (+ PNGs) of one or more runs")
     p.add_argument("--runs", required=True, help="A or A,B")
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recompute", action="store_true", help="recompute reductions that already exist")
     p.add_argument("--compare-n", type=int, default=5000, help="shared frames in each CKA sample (runs ≥ 2)")
     p.add_argument("--no-png", dest="png", action="store_false")
-    _common(p)
+    _common(p, writes=True)
 
     p = command("labels", "CTC label tiers for a run's utterances from a …ForCTC checkpoint (greedy or forced)")
     p.add_argument("--run", required=True, help="the run to label; its corpus is reopened from its recorded source")
@@ -137,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-chunk-s", type=float, default=30.0, help="longer utterances run in windows of this length")
     p.add_argument("--context-s", type=float, default=2.0, help="context on each side of a window")
-    _common(p)
+    p.add_argument("--tier-name", help="write tier NAME (forced: NAME_char, NAME_word) instead of the default names, "
+                                       "e.g. to keep a second model's labels beside the first's")
+    p.add_argument("--overwrite-tier", action="store_true",
+                   help="replace a tier another model (or other settings) made; default: refuse")
+    _common(p, writes=True)
 
     p = command("transcripts", "cluster → label decoding with its CER, and per-frame transcriber disagreement")
     p.add_argument("--run", required=True)
@@ -149,19 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disagreement rule: ours (gap), or the original study's error_category (original)")
     p.add_argument("--empty-gap", default="next", choices=["next", "previous", "drop"],
                    help="where reference text between characters on adjacent frames is counted")
-    _common(p)
+    p.add_argument("--tier", help="decode the clusterings trained for this tier only (default: every tier)")
+    _common(p, writes=True)
 
     p = command("compare", "model against model: linear CKA between every layer pair, agreement of the clusterings")
     p.add_argument("--runs", required=True, help="A,B: two runs of the same corpus")
     p.add_argument("--n", type=int, default=5000, help="shared frames in the CKA sample (seeded)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, help="clusterings to compare (default: the largest k both runs analysed)")
-    _common(p)
+    p.add_argument("--tier", help="clusterings of this tier only (default: every tier both runs clustered)")
+    _common(p, writes=True)
 
     p = command("metadata", "attach utterance attributes (speaker, gender, age…) from CSV/TSV/Parquet or Kaldi utt2<key> files")
     p.add_argument("--run", required=True)
     p.add_argument("files", nargs="+", help="files with an utterance_id column, or Kaldi utt2<key> files")
-    _common(p)
+    _common(p, writes=True)
 
     p = command("demo-models", "train the offline demo pair's 'after' model: the default model fine-tuned with CTC")
     p.add_argument("--seed", type=int, default=0)
@@ -176,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the result to this file instead of the screen: "
                                  f"{', '.join(OUT_SUFFIXES)} (a missing folder is created)")
     p.add_argument("--max-rows", type=int, default=100, help="table format: rows shown")
+    _common(p)
+
+    p = command("check", "verify committed files, each run's facts against its frames, and every sql/checks query")
+    p.add_argument("--run", help="only this run (default: every run)")
     _common(p)
 
     p = command("views", "print (or write with --out) a SQL script that creates the warehouse's views in any "
@@ -203,9 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
                 "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
                 "compare": _compare, "demo-models": _demo_models,
-                "metadata": _metadata, "views": _views}
+                "metadata": _metadata, "views": _views, "check": _check}
     try:
-        return handlers[args.command](args)
+        runs = _written_runs(args)
+        if runs is None:
+            return handlers[args.command](args)
+        from pipeline.jobs import writing_job
+
+        with writing_job(args.warehouse, args.command, runs, wait=args.wait):
+            return handlers[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted; committed shards are kept, rerun the same command to finish", file=sys.stderr)
         return 130
@@ -216,6 +236,28 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error_line(err)}", file=sys.stderr)
         return 1
+
+
+def _written_runs(args) -> list[str] | None:
+    """The runs a writing command writes (each held under its lock for the command); None: it writes none."""
+    if args.command in ("ingest", "extract", "labels", "analyze", "reduce", "transcripts", "metadata"):
+        return [args.run]
+    if args.command == "compare":  # tables cka and run_agreement are written under the first run
+        return [args.runs.split(",")[0]]
+    if args.command == "report":  # it computes missing reductions (and comparisons) of its runs
+        return [r for r in args.runs.split(",") if r]
+    return None
+
+
+def _check(args) -> int:
+    from pipeline.check import check
+
+    report = check(args.warehouse, run=args.run)
+    print(report.table())
+    if not report.ok:
+        print(f"error: {len(report.failures)} check(s) failed; each FAIL row names the run and an example: rerun "
+              "the stage that wrote it (a damaged file), or --overwrite the run (facts that disagree)", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def error_line(err: BaseException) -> str:
@@ -287,7 +329,8 @@ def _analyze(args) -> int:
 def _labels(args) -> int:
     from pipeline.labels import labels
 
-    params = {k: getattr(args, k) for k in ("run", "model", "warehouse", "source", "device", "max_chunk_s", "context_s")}
+    params = {k: getattr(args, k) for k in ("run", "model", "warehouse", "source", "device", "max_chunk_s", "context_s",
+                                          "tier_name", "overwrite_tier")}
     _log_config("labels", params)
     print(labels(**params).summary())
     return 0
@@ -325,7 +368,8 @@ def _demo_models(args) -> int:
 def _compare(args) -> int:
     from pipeline.compare import compare
 
-    params = {"runs": args.runs, "warehouse": args.warehouse, "n": args.n, "seed": args.seed, "k": args.k}
+    params = {"runs": args.runs, "warehouse": args.warehouse, "n": args.n, "seed": args.seed, "k": args.k,
+              "tier": args.tier}
     _log_config("compare", params)
     out = compare(**params)
     print(f"compare {out['run']} vs {out['other']}: {out['frames']} frames of {out['shared_utterances']} shared "

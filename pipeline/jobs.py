@@ -1,0 +1,68 @@
+"""What every writing command does around its work: hold the lock of each run it writes, then check
+what it wrote and refresh the warehouse's `views.sql`.
+
+One place for the rule, used by the CLI (`python -m pipeline …`). A Python caller of a stage writes
+the same way with `with writing_job(warehouse, "analyze", ["demo"]): analyze(cfg)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator, Sequence
+
+from pipeline import lock as runlock
+from pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+# the commit stages each command writes: a stage is checked when it equals a prefix or starts with "prefix."
+STAGES = {
+    "ingest": ("ingest",),
+    "extract": ("extract",),
+    "labels": ("labels",),
+    "analyze": ("analyze",),
+    "reduce": ("reduce",),
+    "compare": ("compare",),
+    "transcripts": ("transcripts",),
+    "metadata": ("metadata",),
+    "report": ("reduce", "compare"),  # report computes missing reductions and comparisons
+}
+
+
+@contextlib.contextmanager
+def writing_job(warehouse: str | os.PathLike, command: str, runs: Sequence[str], wait: bool = False,
+                check: bool = True) -> Iterator[Warehouse]:
+    """Hold every run's lock (sorted, so two jobs never wait on each other in a cycle) for the block;
+    commits without the lock are refused meanwhile (lock.STRICT). On success, verify the files of the
+    command's stages and each run's facts against its frames (`check.check_written`), then rewrite
+    `views.sql` at the warehouse root. RunLocked at once if another job holds a run (or wait)."""
+    from pipeline.check import check_written
+
+    wh = Warehouse(warehouse)
+    strict, runlock.STRICT = runlock.STRICT, True
+    try:
+        with contextlib.ExitStack() as stack:
+            for run in sorted(set(runs)):
+                stack.enter_context(wh.lock(run, command=runlock.command_line(), wait=wait))
+            yield wh
+            if check and int(os.environ.get("RANK", 0)) == 0:
+                for run in sorted(set(runs)):
+                    if wh.read_facts(run) is None:
+                        continue  # nothing of this run was written (report of a run in another warehouse)
+                    prefixes = STAGES.get(command, ())
+                    stages = {s for (_, s, _) in wh.commit_records(run)
+                              if any(s == p or s.startswith(p + ".") for p in prefixes)}
+                    check_written(wh, run, stages)
+            if int(os.environ.get("RANK", 0)) == 0:
+                _refresh_views(wh)
+    finally:
+        runlock.STRICT = strict
+
+
+def _refresh_views(wh: Warehouse) -> None:
+    """`views.sql` at the warehouse root, for any DuckDB client (see pipeline/views.py)."""
+    from pipeline.views import refresh
+
+    refresh(wh)
