@@ -102,7 +102,7 @@ def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
                    cache_dir: str | os.PathLike | None = None) -> CtcModel:
     """A wav2vec2-family `…ForCTC` checkpoint with its tokenizer; never `trust_remote_code`.
     `default-ctc` is the demo model that `python -m pipeline demo-models` trains into `cache_dir`."""
-    from transformers import AutoConfig, AutoModelForCTC, AutoTokenizer
+    from transformers import AutoModelForCTC, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from pipeline import model as M
@@ -113,7 +113,7 @@ def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
         from pipeline.demo import resolve_demo_model
 
         id_or_path = resolve_demo_model(cache_dir)
-    config = AutoConfig.from_pretrained(id_or_path, trust_remote_code=False)
+    config = M.load_config(id_or_path, model_id)
     if config.model_type not in M.SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
                          f"expected one of {M.SUPPORTED_MODEL_TYPES}")
@@ -131,6 +131,7 @@ def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
     if missing:
         raise ValueError(f"{model_id}: the checkpoint has no CTC head ({', '.join(sorted(missing))} missing); "
                          "transformers would initialise it at random. Use a fine-tuned CTC checkpoint")
+    M._refuse_missing_weights(model_id, id_or_path, model, info.get("missing_keys", []))
     dev = M._resolve_device(device)
     model.float().eval().requires_grad_(False).to(dev)
     do_normalize, _, rate_hz = M._feature_extractor_facts(id_or_path, config)

@@ -124,7 +124,7 @@ REASONS = {
     "prepare_error": "an unexpected error while reading or checking this item (the exception is in detail)",
     "not_a_regular_file": "the audio path is not a regular file (a device, a fifo, a folder)",
     "audio_too_large": "the audio file is larger than the size cap (PIPELINE_MAX_AUDIO_BYTES)",
-    "duplicate_file": "two files of the corpus differ only in the case of their names: which one is meant is ambiguous",
+    "duplicate_file": "two files of the corpus name one utterance (names differ only in case, or a.wav beside a.flac): which one is meant is ambiguous",
 }
 
 # Tables keyed by (run, layer, k) before they were keyed by tier too: their old files have no `tier`

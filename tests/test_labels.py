@@ -200,3 +200,16 @@ def test_models_that_cannot_label_the_run_are_refused(tmp_path, timit_run, ctc_m
         labels("nope", str(ctc_model), warehouse=str(wh), device="cpu")
     with pytest.raises(ValueError, match="--source"):
         labels("r", str(ctc_model), warehouse=str(wh), source="beam")
+
+
+def test_ctc_checkpoint_missing_encoder_weights_is_refused(tmp_path):
+    """A CTC checkpoint without its transformer layers would label with random layers: refused."""
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.labels import load_ctc_model
+
+    folder = save_tiny_ctc(tmp_path / "ctc")
+    path = folder / "model.safetensors"
+    save_file({k: v for k, v in load_file(path).items() if ".encoder.layers." not in k}, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"encoder"):
+        load_ctc_model(str(folder), device="cpu")
