@@ -26,9 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.schemas import tiered_views
+from pipeline.sql import SQL_DIR
 from pipeline.warehouse import Warehouse
 
-CHECKS_DIR = Path(__file__).resolve().parent.parent / "sql" / "checks"
+CHECKS_DIR = SQL_DIR / "checks"
 ALL_RUNS = "*"  # the run column of a row that covers every run (a pass) or no run in particular
 LAYER_CNN = -1  # conv feature encoder output: conv_dim wide; every other layer is hidden_size wide
 EXAMPLE_CHARS = 160

@@ -17,23 +17,9 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-# libgomp reads OMP_WAIT_POLICY once, when first loaded. Its idle threads otherwise spin, and on
-# a shared 2-core machine (load 4-6) two spinning threads made 10 Lloyd iterations up to 4x slower
-# than one thread (100k points, d = 256: 4.1 s against 0.9 s) and tiny fits 30x slower; passive
-# waiting made two threads cost about what one does. The faiss-cpu and scikit-learn wheels vendor
-# the same libgomp (same soname), so whichever is imported first fixes the policy for both: set
-# OMP_WAIT_POLICY=PASSIVE in the environment to be sure. Here it is set only around our imports,
-# so that OpenMP runtimes loaded later (torch's) keep their own default.
-_WAIT_POLICY_UNSET = "OMP_WAIT_POLICY" not in os.environ
-if _WAIT_POLICY_UNSET:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-try:
-    import faiss  # noqa: E402
-    from sklearn.cluster import kmeans_plusplus  # noqa: E402
-finally:
-    if _WAIT_POLICY_UNSET:
-        del os.environ["OMP_WAIT_POLICY"]
-import numpy as np  # noqa: E402
+import faiss  # OMP_WAIT_POLICY=PASSIVE is set in pipeline/__init__.py, before libgomp loads
+import numpy as np
+from sklearn.cluster import kmeans_plusplus
 
 # k-means++ runs on at most this many training points (+ 50 per centroid): ~0.1 s for k = 36 in 2-D.
 KMEANS_PP_BASE_POINTS = 20_000

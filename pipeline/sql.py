@@ -10,7 +10,14 @@ import pyarrow as pa
 
 from pipeline.warehouse import Warehouse
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+def _sql_dir() -> Path:
+    """The queries: `pipeline/_sql/` in an installed wheel (setup.py copies them in), else the repository's `sql/`."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_sql"
+    return packaged if packaged.is_dir() else here.parent / "sql"
+
+
+SQL_DIR = _sql_dir()
 PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
