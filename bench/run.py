@@ -7,6 +7,8 @@ Each benchmark is a function registered in BENCHMARKS (`--only NAME` runs one, `
                    embedded default model, every layer stored (as `make extract`)
   extract_base     the same for wav2vec2-base geometry (768-d, 12 layers; random weights, seed 0)
   memory           peak RSS of `python -m pipeline extract` on a corpus and on it ten times over
+  long_recording   peak RSS of `python -m pipeline extract` on one silent recording of 1, 10 and 60 min
+                   (bench/long_recording.py): growth per minute against the decoded float32 samples
   disk_bytes       bytes of the frames files per (frame x layer) against 2 D (float16 vectors)
   kmeans           pipeline.kmeans.fit_kmeans (FAISS) against scikit-learn MiniBatchKMeans with
                    fairseq's HuBERT settings, same data; pipeline.kmeans.assign throughput
@@ -78,6 +80,7 @@ class Plan:
     disk_utterances: int  # one shard at the pipeline's default shard size (64)
     analyze_utterances: int  # analyze_memory: one shard (64 in full mode); the longer run is it ten times over
     reduce_points: int  # t-SNE / UMAP map size (the target names 50,000)
+    long_recording_minutes: tuple[int, ...] = (1, 10, 60)  # one recording each; 60 min: ~3 min on 2 busy cores
 
 
 PLANS = {
@@ -97,7 +100,7 @@ PLANS = {
                  "extract_base": ExtractCase("base", 3, 1, "all")},
         memory_utterances=3, memory_shard_size=1,
         kmeans_points=2_000, kmeans_dim=256, kmeans_k=100, assign_points=50_000,  # D of the default model
-        disk_utterances=16, analyze_utterances=32, reduce_points=5_000),
+        disk_utterances=16, analyze_utterances=32, reduce_points=5_000, long_recording_minutes=(1, 10)),  # reported, not checked
 }
 
 
@@ -555,6 +558,13 @@ def memory(ctx: Context) -> dict:
     return result
 
 
+@benchmark("long_recording")
+def long_recording(ctx: Context) -> dict:
+    from bench.long_recording import run
+
+    return run(ctx.tmp, ctx.plan.long_recording_minutes)
+
+
 # ---------------------------------------------------------------- bytes on disk
 
 
@@ -667,7 +677,7 @@ FAISS_MULTI_START = 3
 
 @benchmark("kmeans")
 def kmeans(ctx: Context) -> dict:
-    from pipeline import kmeans as km  # first: it fixes OMP_WAIT_POLICY for FAISS's and sklearn's libgomp
+    from pipeline import kmeans as km
     from sklearn.cluster import MiniBatchKMeans
 
     plan = ctx.plan

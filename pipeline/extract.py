@@ -5,10 +5,15 @@ thread, run the model in length-bucketed batches, and hand each finished shard t
 thread, which writes one file per layer plus the corpus tables and then commits the shard.
 A shard is visible only after its commit, so a process killed at any point leaves either a
 committed shard or nothing that readers trust; a rerun skips committed shards and redoes the rest.
+An utterance longer than one model window (30 s) is streamed: each window's frames go straight
+to the shard's per-layer Parquet writers, so memory does not grow with the recording's length.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import logging
 import os
 import queue
@@ -22,9 +27,19 @@ import pyarrow as pa
 
 from pipeline import schemas
 from pipeline.geometry import FrameGeometry
-from pipeline.ingest import SHARD_SIZE, Prepared, QuarantineRow, iter_shards, prepare_shard, write_corpus_tables
+from pipeline.ingest import (
+    SHARD_SIZE,
+    Prepared,
+    QuarantineRow,
+    committed_ids,
+    corpus_fingerprint,
+    ensure_run_facts,
+    iter_shards,
+    prepare_shard,
+    write_corpus_tables,
+)
 from pipeline.sources import SourceSpec
-from pipeline.warehouse import Warehouse, fingerprint
+from pipeline.warehouse import FileRecord, Warehouse, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +112,16 @@ def frame_labels(segments, tier: str, centres_s: np.ndarray) -> list[str | None]
 
 def frames_tables(
     prepared: list[Prepared], outputs: list[dict[int, np.ndarray]], dims: dict[int, int], geometry: FrameGeometry,
-    dtype: str,
+    dtype: str, first_frames: list[int] | None = None,
 ) -> dict[int, pa.Table]:
-    """One table per layer, rows sorted by utterance and frame."""
+    """One table per layer, rows sorted by utterance and frame. `first_frames`: the frame index of
+    each output's first row (a window of a streamed utterance), else 0."""
     order = sorted(range(len(prepared)), key=lambda i: prepared[i].utterance.utterance_id)
     ids, frames, times, phones, words = [], [], [], [], []
     for i in order:
         n = next(iter(outputs[i].values())).shape[0]
-        index = np.arange(n, dtype=np.int32)
+        first = first_frames[i] if first_frames else 0
+        index = np.arange(first, first + n, dtype=np.int32)
         centres = geometry.frame_centres_s(index)
         ids.append(np.full(n, prepared[i].utterance.utterance_id, dtype=object))
         frames.append(index)
@@ -127,11 +144,28 @@ def frames_tables(
     return tables
 
 
-def run_model(loaded, prepared: list[Prepared], layers: list[int], cfg: ExtractConfig) -> tuple[list[dict], list[int]]:
-    """Model outputs for each prepared utterance (None where the model failed), bucketed by length."""
+class ModelOutOfMemory(RuntimeError):
+    """The model ran out of memory on an utterance even alone: its shard is not committed."""
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A transient failure (it depends on what else is in memory), never a property of the utterance."""
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def run_model(loaded, prepared: list[Prepared], layers: list[int], cfg: ExtractConfig,
+              shard: int | None = None) -> tuple[list[dict], list[int]]:
+    """Model outputs for each prepared utterance (the exception where the model failed), bucketed by length.
+
+    A failed batch is retried one utterance at a time. A deterministic error there is that
+    utterance's `model_error`; out of memory is retried once more and then raises ModelOutOfMemory,
+    so that the shard is not committed with a quarantine a rerun would never retry."""
     from pipeline.model import extract as model_extract, length_buckets
 
-    outputs: list[dict | None] = [None] * len(prepared)
+    outputs: list[dict | BaseException | None] = [None] * len(prepared)
     failed: list[int] = []
     lengths = [len(p.wave) for p in prepared]
     for bucket in length_buckets(lengths, cfg.max_batch_samples, cfg.max_batch_size):
@@ -139,15 +173,158 @@ def run_model(loaded, prepared: list[Prepared], layers: list[int], cfg: ExtractC
             result = model_extract(loaded, [prepared[i].wave for i in bucket], layers)
             for i, r in zip(bucket, result):
                 outputs[i] = r
-        except Exception:  # retry one at a time so that one bad utterance does not take the batch
-            log.exception("batch failed; retrying its %d utterances one at a time", len(bucket))
+        except Exception as err:  # retry one at a time so that one bad utterance does not take the batch
+            log.warning("a batch of %d utterances failed (%s: %s); retrying them one at a time",
+                        len(bucket), type(err).__name__, err)
+            _free_memory()
             for i in bucket:
-                try:
-                    outputs[i] = model_extract(loaded, [prepared[i].wave], layers)[0]
-                except Exception as err:  # noqa: BLE001 - recorded in quarantine
-                    outputs[i] = err
+                outputs[i] = _run_alone(loaded, prepared[i], layers, cfg, shard)
+                if isinstance(outputs[i], BaseException):
                     failed.append(i)
     return outputs, failed
+
+
+def _run_alone(loaded, p: Prepared, layers: list[int], cfg: ExtractConfig, shard: int | None,
+               attempts: int = 2) -> dict | BaseException:
+    """One utterance's outputs, or its deterministic error; out of memory `attempts` times raises."""
+    from pipeline.model import extract as model_extract
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return model_extract(loaded, [p.wave], layers)[0]
+        except Exception as err:  # noqa: BLE001 - recorded in quarantine unless transient
+            if not _is_out_of_memory(err):
+                return err
+            _free_memory()
+            if attempt == attempts:
+                raise _out_of_memory_error(cfg, shard, p, err) from err
+
+
+def _out_of_memory_error(cfg: ExtractConfig, shard: int | None, p: Prepared, err: BaseException,
+                         streamed: bool = False) -> ModelOutOfMemory:
+    what_to_do = ("it runs one window of 30 s at a time already: free memory on the device, or use --device cpu"
+                  if streamed else f"lower --max-batch-samples (now {cfg.max_batch_samples}) or free memory on the "
+                  "device first")
+    return ModelOutOfMemory(
+        f"run {cfg.run!r}, shard {shard}: the model ran out of memory on utterance {p.utterance.utterance_id!r} "
+        f"({p.utterance.duration_s:.1f} s) even alone ({type(err).__name__}: {err}). The shard is not committed: "
+        f"rerunning the same command redoes it; {what_to_do}."
+    )
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _StreamFailed(Exception):
+    """The model failed on utterance `index` of a streamed shard (`err`); its blocks are not kept."""
+
+    def __init__(self, index: int, err: BaseException):
+        super().__init__(f"utterance {index}: {err!r}")
+        self.index, self.err = index, err
+
+
+def _stream_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],
+                   outputs: dict[int, dict], streamed: list[int], layers: list[int],
+                   dims: dict[int, int]) -> tuple[list[FileRecord], dict[int, BaseException]]:
+    """The frames files of a shard holding utterances longer than one window (`streamed`, indices
+    into `prepared`); `outputs` holds the other utterances' outputs by index. Returns the files and
+    the streamed utterances the model failed on (their `model_error`).
+
+    Each window's block goes straight to per-layer writers in the stored dtype, in the rows'
+    order (utterance, frame), so memory beyond the waveform is one normalised copy and a window.
+    A failure leaves nothing written (the writers are aborted) and the shard is written again
+    without that utterance; out of memory twice on one utterance raises ModelOutOfMemory."""
+    failed: dict[int, BaseException] = {}
+    out_of_memory: set[int] = set()
+    while True:
+        try:
+            todo = [i for i in streamed if i not in failed]
+            return _write_streamed(wh, cfg, shard, loaded, prepared, outputs, todo, layers, dims), failed
+        except _StreamFailed as f:
+            name = prepared[f.index].utterance.utterance_id
+            _free_memory()
+            if not _is_out_of_memory(f.err):
+                log.warning("shard %d: the model failed on %s (%r); quarantined as model_error", shard, name, f.err)
+                failed[f.index] = f.err
+            elif f.index in out_of_memory:
+                raise _out_of_memory_error(cfg, shard, prepared[f.index], f.err, streamed=True) from f.err
+            else:
+                log.warning("shard %d: out of memory on %s (%s); writing the shard again", shard, name, f.err)
+                out_of_memory.add(f.index)
+
+
+def _write_streamed(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],
+                    outputs: dict[int, dict], streamed: list[int], layers: list[int],
+                    dims: dict[int, int]) -> list[FileRecord]:
+    geometry = loaded.geometry
+    order = sorted([*outputs, *streamed], key=lambda i: prepared[i].utterance.utterance_id)
+    with contextlib.ExitStack() as stack:
+        writers = {layer: stack.enter_context(wh.open_writer("frames", cfg.run, shard,
+                                                             schemas.frames_schema(dim, cfg.dtype), layer=layer))
+                   for layer, dim in dims.items()}
+
+        def write(items: list[Prepared], blocks: list[dict], first_frames: list[int] | None = None) -> None:
+            for layer, table in frames_tables(items, blocks, dims, geometry, cfg.dtype, first_frames).items():
+                writers[layer].write(table)
+
+        batched: list[int] = []  # consecutive utterances with outputs in memory: one table
+        for i in order:
+            if i in outputs:
+                batched.append(i)
+                continue
+            if batched:
+                write([prepared[j] for j in batched], [outputs[j] for j in batched])
+                batched = []
+            for first, block in _model_blocks(loaded, prepared[i], layers, i):
+                write([prepared[i]], [block], [first])
+        if batched:
+            write([prepared[j] for j in batched], [outputs[j] for j in batched])
+        return [writers[layer].close() for layer in dims]
+
+
+def _model_blocks(loaded, p: Prepared, layers: list[int], index: int) -> Iterator[tuple[int, dict]]:
+    """`model.extract_windows`, its errors (not the caller's) as _StreamFailed."""
+    from pipeline.model import extract_windows
+
+    try:
+        blocks = iter(extract_windows(loaded, p.wave, layers))
+    except Exception as err:  # noqa: BLE001 - the caller decides: quarantine, retry or raise
+        raise _StreamFailed(index, err) from err
+    while True:
+        try:
+            block = next(blocks, None)
+        except Exception as err:  # noqa: BLE001
+            raise _StreamFailed(index, err) from err
+        if block is None:
+            return
+        yield block
+        block = None
+        _release_free_heap()
+
+
+def _release_free_heap() -> None:
+    """Hand the C heap's free memory back to the system between two windows. glibc keeps what a
+    window's forward pass freed (its mmap threshold rises to the largest tensor freed, up to 32 MB),
+    and the next window's peak comes on top: ~110 MB more per window pass, measured with the default
+    model (bench/long_recording.py). malloc_trim is glibc's; elsewhere this does nothing."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the running process's symbols: glibc's, where it is glibc
+    except (OSError, AttributeError):
+        return None
 
 
 def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
@@ -197,9 +374,10 @@ class _Writer:
             if self.error:
                 continue
             try:
-                shard, ids, prepared, bad, tables = job
+                shard, ids, prepared, bad, tables, frame_files = job  # frames: tables to write, or files written
                 files = write_corpus_tables(self.wh, self.run, shard, prepared, bad)
                 files += [self.wh.write("frames", t, self.run, shard, layer=layer) for layer, t in tables.items()]
+                files += frame_files
                 self.wh.commit(self.run, "extract", shard, files, rank=self.rank, items=len(ids),
                                ids_sha256=fingerprint(ids), facts_sha256=self.facts_sha)
                 self.bytes += sum(f.bytes for f in files)
@@ -226,6 +404,7 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     spec = SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit)
     facts = {
         **spec.facts(),
+        "corpus_fingerprint": corpus_fingerprint(spec),
         "shard_size": cfg.shard_size,
         "model": loaded.facts(),
         "layers": layers,
@@ -236,46 +415,75 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     if rank == 0:
         if cfg.overwrite:
             wh.drop_run(cfg.run)
-        facts = wh.ensure_facts(cfg.run, facts)
+        facts = ensure_run_facts(wh, cfg.run, facts)
     _barrier(world_size)
-    facts = wh.ensure_facts(cfg.run, facts)
-    done = frozenset(shard for (_, _, shard) in wh.commits(cfg.run, "extract"))
+    facts = ensure_run_facts(wh, cfg.run, facts)
+    committed = committed_ids(wh, cfg.run, "extract")
+    done = frozenset(committed)
     counts = Counts(skipped_shards=sum(1 for s in done if s % world_size == rank))
     dims = {layer: loaded.layer_dim(layer) for layer in layers}
     writer = _Writer(wh, cfg.run, rank, fingerprint(facts))
     min_samples = loaded.geometry.receptive_field_samples
 
     def decoded():
-        for shard, items in iter_shards(spec, cfg.shard_size, rank, world_size, done):
+        for shard, items in iter_shards(spec, cfg.shard_size, rank, world_size, done, verify=committed, run=cfg.run):
             yield shard, [it.utterance_id for it in items], *prepare_shard(items, "extract", min_samples)
 
     bar = _progress(cfg.progress and rank == 0, cfg.limit)
-    for shard, ids, prepared, bad in _prefetch(decoded()):
-        t0 = time.perf_counter()
-        outputs, failed = run_model(loaded, prepared, layers, cfg)
-        counts.model_s += time.perf_counter() - t0
-        for i in failed:
-            bad.append(QuarantineRow(prepared[i].utterance.utterance_id, "extract", "model_error", repr(outputs[i])[:500]))
-        failed_set = set(failed)
-        keep = [i for i in range(len(prepared)) if i not in failed_set]
-        prepared, outputs = [prepared[i] for i in keep], [outputs[i] for i in keep]
-        tables = frames_tables(prepared, outputs, dims, loaded.geometry, cfg.dtype)
-        writer.put((shard, ids, prepared, bad, tables))
-        counts.shards += 1
-        counts.utterances += len(prepared)
-        counts.quarantined += len(bad)
-        counts.frames += sum(t.num_rows for t in tables.values())
-        counts.audio_s += sum(p.utterance.duration_s for p in prepared)
-        if bar is not None:
-            bar.update(len(ids))
-            elapsed = time.perf_counter() - started
-            bar.set_postfix_str(f"{counts.audio_s / 3600:.3f} h audio, {counts.audio_s / elapsed:.1f}× real time")
+    try:
+        for shard, ids, prepared, bad in _prefetch(decoded()):
+            t0 = time.perf_counter()
+            prepared, tables, frame_files = _shard_frames(wh, cfg, shard, loaded, prepared, bad, layers, dims)
+            counts.model_s += time.perf_counter() - t0
+            writer.put((shard, ids, prepared, bad, tables, frame_files))
+            counts.shards += 1
+            counts.utterances += len(prepared)
+            counts.quarantined += len(bad)
+            counts.frames += sum(t.num_rows for t in tables.values()) + sum(f.rows for f in frame_files)
+            counts.audio_s += sum(p.utterance.duration_s for p in prepared)
+            if bar is not None:
+                bar.update(len(ids))
+                elapsed = time.perf_counter() - started
+                bar.set_postfix_str(f"{counts.audio_s / 3600:.3f} h audio, {counts.audio_s / elapsed:.1f}× real time")
+    except BaseException:
+        with contextlib.suppress(BaseException):  # commit the shards finished before the error
+            writer.close()
+        raise
     writer.close()
     if bar is not None:
         bar.close()
     counts.bytes = writer.bytes
     counts.wall_s = time.perf_counter() - started
     return _gather(counts, world_size)
+
+
+def _shard_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],
+                  bad: list[QuarantineRow], layers: list[int], dims: dict[int, int],
+                  ) -> tuple[list[Prepared], dict[int, pa.Table], list[FileRecord]]:
+    """Run the model on one shard: (the utterances kept, frames tables to write, frames files written).
+
+    Utterances that fit one window run batched and their tables are written by the writer thread;
+    a shard with a longer one writes its frames here, streamed (`_stream_frames`). Model failures
+    are appended to `bad` as `model_error`."""
+    from pipeline.model import n_windows
+
+    streamed = [i for i, p in enumerate(prepared) if n_windows(loaded, len(p.wave)) > 1]
+    batched = sorted(set(range(len(prepared))) - set(streamed))
+    results, failed_batched = run_model(loaded, [prepared[i] for i in batched], layers, cfg, shard)
+    errors = {batched[j]: results[j] for j in failed_batched}
+    outputs = {i: r for i, r in zip(batched, results) if i not in errors}
+    tables: dict[int, pa.Table] = {}
+    frame_files: list[FileRecord] = []
+    if streamed:
+        frame_files, stream_errors = _stream_frames(wh, cfg, shard, loaded, prepared, outputs, streamed, layers, dims)
+        errors.update(stream_errors)
+    for i, err in errors.items():
+        bad.append(QuarantineRow(prepared[i].utterance.utterance_id, "extract", "model_error", repr(err)[:500]))
+    kept = [i for i in range(len(prepared)) if i not in errors]
+    if not streamed:
+        tables = frames_tables([prepared[i] for i in kept], [outputs[i] for i in kept], dims, loaded.geometry,
+                               cfg.dtype)
+    return [prepared[i] for i in kept], tables, frame_files
 
 
 def _cuda() -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_bad_timit, make_timit, run_checks
+from conftest import REPO, make_bad_timit, make_timit, run_checks, write_timit_utt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +163,212 @@ def test_extract_refuses_other_facts(corpus, baseline):
     with pytest.raises(FactsMismatch, match="layers"):
         extract(ExtractConfig(run="r", format="timit", corpus=str(corpus), warehouse=str(wh), shard_size=2,
                               layers="1,2", progress=False))
+
+
+# ---------------------------------------------------------------- model errors: out of memory is retried, never quarantined
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    return make_timit(tmp_path_factory.mktemp("small") / "timit")
+
+
+def _extract_small(corpus: Path, wh: Path, **kw):
+    return extract(ExtractConfig(run="r", format="timit", corpus=str(corpus), warehouse=str(wh), shard_size=2,
+                                 layers="-1,1", max_batch_size=1, progress=False, **kw))
+
+
+@pytest.fixture(scope="module")
+def small_baseline(small_corpus, tmp_path_factory) -> list[tuple]:
+    wh = tmp_path_factory.mktemp("small_baseline")
+    _extract_small(small_corpus, wh)
+    return _frames(wh, "r")
+
+
+def _failing_model(monkeypatch, make_error, times: int | None, only: str | None = None) -> list[int]:
+    """pipeline.model.extract raising `make_error()` on its first `times` calls (None: always), or on
+    every call for the waveform of `only` samples."""
+    import pipeline.model
+
+    real, calls = pipeline.model.extract, []
+
+    def flaky(loaded, waves, layers, **kw):
+        calls.append(len(waves))
+        if (only is None and (times is None or len(calls) <= times)) or (only is not None and len(waves[0]) == only):
+            raise make_error()
+        return real(loaded, waves, layers, **kw)
+
+    monkeypatch.setattr(pipeline.model, "extract", flaky)
+    return calls
+
+
+OUT_OF_MEMORY = {
+    "torch": lambda: __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "runtime": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: "
+                                    "you tried to allocate 1 bytes. Out of memory"),
+    "memory": lambda: MemoryError(),
+}
+
+
+@pytest.mark.parametrize("kind", OUT_OF_MEMORY)
+def test_out_of_memory_once_is_retried_to_the_same_rows(small_corpus, small_baseline, tmp_path, monkeypatch, kind):
+    calls = _failing_model(monkeypatch, OUT_OF_MEMORY[kind], times=1)
+    counts = _extract_small(small_corpus, tmp_path / "wh")
+    assert counts.quarantined == 0 and len(calls) == 5  # 4 utterances alone, the first one twice
+    assert _frames(tmp_path / "wh", "r") == small_baseline
+    assert not _rows(tmp_path / "wh", "select * from quarantine")
+
+
+def test_out_of_memory_always_leaves_the_shard_for_the_rerun(small_corpus, small_baseline, tmp_path, monkeypatch):
+    from pipeline.extract import ModelOutOfMemory
+
+    _failing_model(monkeypatch, OUT_OF_MEMORY["torch"], times=None)
+    with pytest.raises(ModelOutOfMemory, match=r"run 'r', shard 0: .* utterance 'TRAIN/DR1/FCJF0/SX139'.*"
+                                               r"not committed: rerunning .* redoes it.*--max-batch-samples"):
+        _extract_small(small_corpus, tmp_path / "wh")
+    assert not Warehouse(tmp_path / "wh").commits("r")  # no model_error quarantine committed
+    monkeypatch.undo()
+    counts = _extract_small(small_corpus, tmp_path / "wh")
+    assert (counts.skipped_shards, counts.quarantined) == (0, 0)
+    assert _frames(tmp_path / "wh", "r") == small_baseline
+
+
+def test_a_deterministic_model_error_is_that_utterances_quarantine(small_corpus, small_baseline, tmp_path, monkeypatch):
+    _failing_model(monkeypatch, lambda: ValueError("weights are NaN"), times=None, only=8000)  # FCJF0/SA1
+    counts = _extract_small(small_corpus, tmp_path / "wh")
+    assert counts.quarantined == 1
+    q = _rows(tmp_path / "wh", "select utterance_id, stage, reason, detail from quarantine")
+    assert [r[:3] for r in q] == [("TRAIN/DR1/FCJF0/SA1", "extract", "model_error")] and "weights are NaN" in q[0][3]
+    assert _frames(tmp_path / "wh", "r") == [r for r in small_baseline if r[1] != "TRAIN/DR1/FCJF0/SA1"]
+
+
+def _rows(wh: Path, sql: str) -> list[tuple]:
+    return Warehouse(wh).connect().sql(sql).fetchall()
+
+
+# ---------------------------------------------------------------- long recordings: streamed window by window
+
+LONG = "TRAIN/DR1/FAAA0/SX1"  # 62 s: 3 windows of 30 s (+ 2 s context)
+SHORT = ["TRAIN/DR1/FAAA0/SA1", "TRAIN/DR1/FAAA0/SZ1"]  # sorted around it
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("long") / "timit"
+    write_timit_utt(root, SHORT[0], 12_000)
+    write_timit_utt(root, LONG, 62 * 16_000, phones=["h#", "sh", "iy", "s", "aa", "h#"])
+    write_timit_utt(root, SHORT[1], 9_000)
+    return root
+
+
+def _extract_long(corpus: Path, wh: Path, **kw):
+    return extract(ExtractConfig(run="r", format="timit", corpus=str(corpus), warehouse=str(wh), shard_size=3,
+                                 progress=False, **kw))
+
+
+def _expected_tables(corpus: Path, wh: Path, dtype: str) -> dict[int, "pa.Table"]:
+    """The frames tables of the path that holds every output in memory: model.extract + frames_tables."""
+    from pipeline.extract import frames_tables
+    from pipeline.ingest import prepare
+    from pipeline.model import extract as model_extract, load_model, n_windows
+    from pipeline.sources import SourceSpec, iter_items
+
+    loaded = load_model("default", cache_dir=wh / "_models")
+    prepared = [prepare(it) for it in iter_items(SourceSpec("timit", str(corpus)))]
+    assert [n_windows(loaded, len(p.wave)) for p in prepared] == [1, 3, 1]
+    outputs = model_extract(loaded, [p.wave for p in prepared], loaded.valid_layers)
+    dims = {layer: loaded.layer_dim(layer) for layer in loaded.valid_layers}
+    return frames_tables(prepared, outputs, dims, loaded.geometry, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("float32", marks=pytest.mark.slow)])
+def test_a_long_recording_is_streamed_to_the_same_rows(long_corpus, tmp_path, monkeypatch, dtype):
+    import pyarrow.parquet as pq
+
+    import pipeline.model
+
+    real_windows, windows_of, writes = pipeline.model.extract_windows, [], []
+    def extract_windows(loaded, wave, layers, **kw):
+        windows_of.append(len(wave))
+        return real_windows(loaded, wave, layers, **kw)
+
+    monkeypatch.setattr(pipeline.model, "extract_windows", extract_windows)
+    real_open = Warehouse.open_writer
+
+    def open_writer(self, table, *args, **kw):
+        w = real_open(self, table, *args, **kw)
+        real_write = w.write
+        w.write = lambda data: writes.append((kw.get("layer"), data.num_rows)) or real_write(data)
+        return w
+
+    monkeypatch.setattr(Warehouse, "open_writer", open_writer)
+    wh = tmp_path / "wh"
+    counts = _extract_long(long_corpus, wh, dtype=dtype)
+    assert (counts.utterances, counts.quarantined) == (3, 0)
+    assert windows_of == [62 * 16_000]  # only the long one streams
+    # per layer: the short one before it, its 3 windows, the short one after it; each written as it came
+    assert [n for layer, n in writes if layer == 1] == [37, 1500, 1500, 99, 27]
+    expected = _expected_tables(long_corpus, wh, dtype)
+    for layer, table in expected.items():
+        got = pq.read_table(wh / "frames" / "run=r" / f"layer={layer}" / "part-00000.parquet")
+        assert got.equals(table), layer
+    keys = [(u, f) for u, f in zip(got["utterance_id"].to_pylist(), got["frame"].to_pylist())]
+    assert keys == sorted(keys) and [u for u, _ in keys].count(LONG) == (62 * 16_000 - 400) // 320 + 1
+    assert all(v == 0 for v in run_checks(wh).values())
+
+
+def test_a_model_error_on_a_long_recording_is_its_quarantine(long_corpus, tmp_path, monkeypatch):
+    import pipeline.model
+
+    real_windows = pipeline.model.extract_windows
+
+    def broken(loaded, wave, layers, **kw):
+        for n, block in enumerate(real_windows(loaded, wave, layers, **kw)):
+            if n == 2:
+                raise ValueError("a window the model cannot take")
+            yield block
+
+    monkeypatch.setattr(pipeline.model, "extract_windows", broken)
+    wh = tmp_path / "wh"
+    counts = _extract_long(long_corpus, wh, layers="0,1")
+    assert (counts.utterances, counts.quarantined) == (2, 1)
+    q = _rows(wh, "select utterance_id, reason, detail from quarantine")
+    assert [r[:2] for r in q] == [(LONG, "model_error")] and "a window the model cannot take" in q[0][2]
+    assert _rows(wh, "select distinct utterance_id from frames order by 1") == [(SHORT[0],), (SHORT[1],)]
+    assert _rows(wh, "select utterance_id from utterances order by 1") == [(SHORT[0],), (SHORT[1],)]
+    assert not list((wh / "_tmp").glob("*"))  # the aborted writers left nothing behind
+
+
+@pytest.fixture(scope="module")
+def long_clean(long_corpus, tmp_path_factory) -> list[tuple]:
+    wh = tmp_path_factory.mktemp("long_clean")
+    _extract_long(long_corpus, wh, layers="0,1")
+    return _frames(wh, "r")
+
+
+@pytest.mark.parametrize("times", [1, None])
+def test_out_of_memory_on_a_long_recording(long_corpus, long_clean, tmp_path, monkeypatch, times):
+    import torch
+
+    import pipeline.model
+    from pipeline.extract import ModelOutOfMemory
+
+    real_windows, calls = pipeline.model.extract_windows, []
+
+    def flaky(loaded, wave, layers, **kw):
+        calls.append(1)
+        for n, block in enumerate(real_windows(loaded, wave, layers, **kw)):
+            if n == 1 and (times is None or len(calls) <= times):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            yield block
+
+    monkeypatch.setattr(pipeline.model, "extract_windows", flaky)
+    wh = tmp_path / "wh"
+    if times is None:
+        with pytest.raises(ModelOutOfMemory, match=f"shard 0: .*{LONG}.*rerunning the same command redoes it"):
+            _extract_long(long_corpus, wh, layers="0,1")
+        assert not Warehouse(wh).commits("r") and not list((wh / "_tmp").glob("*"))
+        return
+    counts = _extract_long(long_corpus, wh, layers="0,1")
+    assert (counts.utterances, counts.quarantined, len(calls)) == (3, 0, 2)
+    assert _frames(wh, "r") == long_clean
