@@ -43,6 +43,9 @@ from pipeline.warehouse import FileRecord, Warehouse, fingerprint
 
 log = logging.getLogger(__name__)
 
+# a streamed recording buffers at most one row group per layer: 4 MiB keeps that far below the recording's
+# own samples (32 MiB per layer grew with the recording up to ~200 MB on a 1-hour one)
+STREAM_ROW_GROUP_BYTES = 4 * 1024 * 1024
 MAX_BATCH_SAMPLES = 16_000 * 160  # padded audio per forward pass: 160 s, ~0.6 GB of activations for base on CPU
 
 
@@ -267,7 +270,8 @@ def _write_streamed(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepa
     order = sorted([*outputs, *streamed], key=lambda i: prepared[i].utterance.utterance_id)
     with contextlib.ExitStack() as stack:
         writers = {layer: stack.enter_context(wh.open_writer("frames", cfg.run, shard,
-                                                             schemas.frames_schema(dim, cfg.dtype), layer=layer))
+                                                             schemas.frames_schema(dim, cfg.dtype),
+                                                             row_group_bytes=STREAM_ROW_GROUP_BYTES, layer=layer))
                    for layer, dim in dims.items()}
 
         def write(items: list[Prepared], blocks: list[dict], first_frames: list[int] | None = None) -> None:

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from pipeline import ctc, schemas
 from pipeline.geometry import FrameGeometry
-from pipeline.ingest import Prepared, iter_shards, prepare_shard
+from pipeline.ingest import CorpusChanged, Prepared, corpus_fingerprint, iter_shards, prepare_shard
 from pipeline.records import Segment
 from pipeline.sources import SourceSpec
 from pipeline.warehouse import Warehouse, fingerprint
@@ -326,6 +326,11 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
         return counts
     kept = _kept_utterances(wh, run)
     spec = SourceSpec(**facts["source"])
+    then, now = facts.get("corpus_fingerprint"), corpus_fingerprint(spec)
+    if then is not None and now is not None and then != now:  # unknown (a Hub id offline) is not a change
+        raise CorpusChanged(f"run {run!r} in {wh.root}: its corpus {spec.corpus or 'the embedded corpus'} changed "
+                            f"since the run was made (corpus_fingerprint {then!r} then, {now!r} now): labels would "
+                            "attach to other audio; restore the corpus, or extract it again under a new --run")
     skip = frozenset(set(range(max(todo) + 1)) - todo)
     for shard, items in iter_shards(spec, int(facts["shard_size"]), skip=skip):
         if shard > max(todo):

@@ -453,18 +453,33 @@ def normalize_waveform(wave: np.ndarray) -> np.ndarray:
     w = np.asarray(wave)
     if len(w) == 0:
         return np.zeros(0, np.float32)
-    starts = range(0, len(w), STATS_PIECE_SAMPLES)
-
-    def piece(a: int) -> np.ndarray:
-        return w[a:a + STATS_PIECE_SAMPLES].astype(np.float64)
-
-    mean = sum(np.add.reduce(piece(a)) for a in starts) / len(w)
-    var = sum(np.add.reduce(np.square(piece(a) - mean)) for a in starts) / len(w)
-    scale = np.sqrt(var + NORM_EPS)
+    normalised = NormalisedWave(w)
     out = np.empty(len(w), np.float32)
-    for a in starts:
-        out[a:a + STATS_PIECE_SAMPLES] = (piece(a) - mean) / scale
+    for a in range(0, len(w), STATS_PIECE_SAMPLES):
+        out[a:a + STATS_PIECE_SAMPLES] = normalised[a:a + STATS_PIECE_SAMPLES]
     return out
+
+
+class NormalisedWave:
+    """A waveform normalised slice by slice on demand: `self[a:b]` equals `normalize_waveform(wave)[a:b]`
+    bit for bit (same whole-utterance mean and scale, elementwise), without a full-length copy."""
+
+    def __init__(self, wave: np.ndarray):
+        self.wave = wave
+        starts = range(0, len(wave), STATS_PIECE_SAMPLES)
+
+        def piece(a: int) -> np.ndarray:
+            return wave[a:a + STATS_PIECE_SAMPLES].astype(np.float64)
+
+        self.mean = sum(np.add.reduce(piece(a)) for a in starts) / len(wave)
+        var = sum(np.add.reduce(np.square(piece(a) - self.mean)) for a in starts) / len(wave)
+        self.scale = np.sqrt(var + NORM_EPS)
+
+    def __len__(self) -> int:
+        return len(self.wave)
+
+    def __getitem__(self, where: slice) -> np.ndarray:
+        return ((self.wave[where].astype(np.float64) - self.mean) / self.scale).astype(np.float32)
 
 
 def extract(loaded: LoadedModel, waveforms: Sequence[np.ndarray], layers: str | Sequence[int], *,
@@ -519,13 +534,15 @@ def extract_windows(loaded: LoadedModel, wave: np.ndarray, layers: str | Sequenc
 
     The blocks tile frames [0, geometry.n_frames(len(wave))) in order and equal the rows of
     `extract(loaded, [wave], layers)[0]` bit for bit (same windows, same computation). Memory
-    beyond `wave`, whatever its length: one normalised float32 copy (when the model normalises;
-    230 MB per hour) plus the activations of the window being computed and of the block the
+    beyond `wave`, whatever its length: the activations of the window being computed and of the block the
     caller still holds (~34 s x 50 frames x (512 + 13 x 768) x 4 bytes = 70 MB for base-size
-    models, all layers). The waveform is checked now; the model runs as blocks are taken.
+    models, all layers); normalisation happens window by window (NormalisedWave), so there is no
+    full-length normalised copy. The waveform is checked now; the model runs as blocks are taken.
     """
     layers = parse_layers(layers, loaded.num_layers)
-    w = _prepared(loaded, 0, wave)
+    w = _checked(0, wave, loaded.geometry)
+    if loaded.do_normalize:  # each window is normalised when it runs: no full-length normalised copy
+        w = NormalisedWave(w)
     return _window_blocks(loaded, w, layers, chunk_windows(len(w), loaded.geometry, max_chunk_s, context_s))
 
 

@@ -165,8 +165,10 @@ class ShardWriter:
     group; `close()` fsyncs, renames into place and fsyncs the folder, exactly once.
     """
 
-    def __init__(self, wh: Warehouse, tmp: Path, final: Path, schema: pa.Schema):
+    def __init__(self, wh: Warehouse, tmp: Path, final: Path, schema: pa.Schema,
+                 row_group_bytes: int = ROW_GROUP_BYTES):
         self.wh, self.tmp, self.final, self.schema = wh, tmp, final, schema
+        self.row_group_bytes = row_group_bytes
         self.rows = 0
         self.record: FileRecord | None = None
         self._buffer: list[pa.Table] = []
@@ -191,7 +193,7 @@ class ShardWriter:
         self._buffered_rows += table.num_rows
         self._buffered_bytes += table.nbytes
         self.rows += table.num_rows
-        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
+        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= self.row_group_bytes:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
@@ -200,7 +202,7 @@ class ShardWriter:
             return
         table = pa.concat_tables(self._buffer)
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        group = max(1, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // row_bytes))
+        group = max(1, min(ROW_GROUP_ROWS, self.row_group_bytes // row_bytes))
         n_full = table.num_rows if final else table.num_rows // group * group
         if n_full:
             self._writer.write_table(table.slice(0, n_full), row_group_size=group)
@@ -275,15 +277,16 @@ class Warehouse:
 
     # ---------------------------------------------------------------- writing
     def open_writer(self, table: str, run: str, shard: int, schema: pa.Schema, file_prefix: str = "part",
-                    **partitions: Any) -> ShardWriter:
+                    row_group_bytes: int = ROW_GROUP_BYTES, **partitions: Any) -> ShardWriter:
         """A streaming writer of one shard file: `.write()` batches as they come, `.close()` renames the file
-        into place and returns its FileRecord; an exception inside `with` removes the temp file."""
+        into place and returns its FileRecord; an exception inside `with` removes the temp file. At most
+        `row_group_bytes` are buffered (one row group)."""
         final = self.table_path(table, run, shard, file_prefix, **partitions)
         tmp_dir = self.root / "_tmp"
         tmp_dir.mkdir(exist_ok=True)
         tmp = tmp_dir / (f"{table}.{run}.{'.'.join(map(str, partitions.values()))}.{file_prefix}.{shard}."
                          f"{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        return ShardWriter(self, tmp, final, schema)
+        return ShardWriter(self, tmp, final, schema, row_group_bytes)
 
     def write(self, table: str, data: pa.Table, run: str, shard: int, file_prefix: str = "part",
               **partitions: Any) -> FileRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,19 @@ def test_ctc_checkpoint_missing_encoder_weights_is_refused(tmp_path):
     save_file({k: v for k, v in load_file(path).items() if ".encoder.layers." not in k}, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"encoder"):
         load_ctc_model(str(folder), device="cpu")
+
+
+def test_labels_refuses_a_corpus_changed_since_the_run(tmp_path, ctc_model):
+    """labels reopens the run's corpus: a corpus whose files changed would attach labels to other audio."""
+    from pipeline.ingest import CorpusChanged
+
+    corpus = make_timit(tmp_path / "timit")
+    wh = tmp_path / "wh"
+    extract(ExtractConfig(run="r", model=str(ctc_model), format="timit", corpus=str(corpus), warehouse=str(wh),
+                          layers="2", shard_size=2, progress=False, device="cpu"))
+    wav = next(corpus.rglob("SA1.WAV"))
+    wav.write_bytes(wav.read_bytes())  # rewritten in place: same bytes
+    os.utime(wav, (1, 1))  # and another mtime
+    with pytest.raises(CorpusChanged, match="changed since the run was made"):
+        labels("r", str(ctc_model), str(wh), device="cpu")
+    assert not Warehouse(wh).commits("r", "labels.ctc_greedy")
