@@ -2,7 +2,7 @@
 
 Each benchmark is a function registered in BENCHMARKS (`--only NAME` runs one, `--list` names them):
 
-  extract_default  pipeline.extract.extract end to end against the bare forward pass
+  extract_default  pipeline.stages.extract.extract end to end against the bare forward pass
                    (pipeline.model.extract over the same length buckets, waveforms already in memory),
                    embedded default model, every layer stored (as `make extract`)
   extract_base     the same for wav2vec2-base geometry (768-d, 12 layers; random weights, seed 0)
@@ -10,8 +10,8 @@ Each benchmark is a function registered in BENCHMARKS (`--only NAME` runs one, `
   long_recording   peak RSS of `python -m pipeline extract` on one silent recording of 1, 10 and 60 min
                    (bench/long_recording.py): growth per minute against the decoded float32 samples
   disk_bytes       bytes of the frames files per (frame x layer) against 2 D (float16 vectors)
-  kmeans           pipeline.kmeans.fit_kmeans (FAISS) against scikit-learn MiniBatchKMeans with
-                   fairseq's HuBERT settings, same data; pipeline.kmeans.assign throughput
+  kmeans           pipeline.algorithms.kmeans.fit_kmeans (FAISS) against scikit-learn MiniBatchKMeans with
+                   fairseq's HuBERT settings, same data; pipeline.algorithms.kmeans.assign throughput
   (slot)           reductions: t-SNE / UMAP timings go in the section marked "reductions" below
 
 The machine is shared and noisy: the two sides of every ratio are measured in the same process,
@@ -173,7 +173,7 @@ def check_line(c: dict) -> str:
 
 def embedded_rows(n: int) -> pa.Table:
     """The first `n` rows of the embedded corpus (train split first), cycled when n is larger."""
-    from pipeline.sources import EMBEDDED_DATA
+    from pipeline.corpus.sources import EMBEDDED_DATA
 
     files = sorted(EMBEDDED_DATA.glob("*.parquet"), key=lambda p: (not p.name.startswith("train"), p.name))
     table = pa.concat_tables([pq.read_table(f).replace_schema_metadata(None) for f in files])
@@ -310,7 +310,7 @@ def compute_settings() -> tuple[str, str]:
 
 
 def _extract_config(ctx: Context, name: str, case: ExtractCase):
-    from pipeline.extract import ExtractConfig
+    from pipeline.stages.extract import ExtractConfig
 
     corpus, _ = ctx.corpus(case.utterances)
     return ExtractConfig(run=name, model=ctx.model_source(case.model), format="hf", corpus=str(corpus),
@@ -320,8 +320,8 @@ def _extract_config(ctx: Context, name: str, case: ExtractCase):
 
 def _decode_shards(cfg) -> list[tuple[int, list[str], list, list]]:
     """What the pipeline's decoder thread does: this corpus's shards, read and prepared."""
-    from pipeline.ingest import iter_shards, prepare_shard
-    from pipeline.sources import SourceSpec
+    from pipeline.stages.ingest import iter_shards, prepare_shard
+    from pipeline.corpus.sources import SourceSpec
 
     spec = SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit)
     return [(shard, [it.utterance_id for it in items], *prepare_shard(items, "extract"))
@@ -344,7 +344,7 @@ def _bare_forward(loaded, shards, layers: list[int], cfg) -> list[list[dict]]:
 
 def _write_shards(wh_root: Path, shards, tables_per_shard) -> None:
     """What the pipeline's writer thread does: corpus tables, one frames file per layer, a commit."""
-    from pipeline.ingest import write_corpus_tables
+    from pipeline.stages.ingest import write_corpus_tables
     from pipeline.warehouse import Warehouse, fingerprint
 
     wh = Warehouse(wh_root)
@@ -367,7 +367,7 @@ def _encode_frames(tables_per_shard) -> None:
 def _one_repeat(ctx: Context, cfg, scratch: Path, pipeline_first: bool) -> dict:
     """The pipeline end to end, and the same work done serially in parts (bare forward among them);
     which of the two runs first alternates between repeats."""
-    from pipeline.extract import extract
+    from pipeline.stages.extract import extract
 
     if pipeline_first:
         t_pipe, cpu_pipe, counts = timed(extract, cfg)
@@ -386,7 +386,7 @@ def _one_repeat(ctx: Context, cfg, scratch: Path, pipeline_first: bool) -> dict:
 def _serial_parts(cfg, scratch: Path) -> dict:
     """What extract() does, step by step on the same corpus: load, read + decode, bare forward,
     frames tables, Parquet encoding, and writing + committing (encoding included) into `scratch`."""
-    from pipeline.extract import frames_tables
+    from pipeline.stages.extract import frames_tables
     from pipeline.model import load_model, parse_layers
 
     device, precision = compute_settings()
@@ -410,7 +410,7 @@ def _serial_parts(cfg, scratch: Path) -> dict:
 
 
 def _extract_benchmark(ctx: Context, name: str) -> dict:
-    from pipeline.extract import extract
+    from pipeline.stages.extract import extract
 
     case = ctx.plan.extract[name]
     cfg = _extract_config(ctx, name, case)
@@ -574,7 +574,7 @@ DISK_LAYERS = {"default": "all", "base": "-1,0,1"}  # base: the forward pass sto
 @benchmark("disk_bytes")
 def disk_bytes(ctx: Context) -> dict:
     """Frames files of one pipeline run per model at the default shard size (one file per layer)."""
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.stages.extract import ExtractConfig, extract
 
     corpus, _ = ctx.corpus(ctx.plan.disk_utterances)
     result: dict[str, Any] = {"utterances": ctx.plan.disk_utterances, "checks": [], "summary": []}
@@ -677,7 +677,7 @@ FAISS_MULTI_START = 3
 
 @benchmark("kmeans")
 def kmeans(ctx: Context) -> dict:
-    from pipeline import kmeans as km
+    from pipeline.algorithms import kmeans as km
     from sklearn.cluster import MiniBatchKMeans
 
     plan = ctx.plan
@@ -750,7 +750,7 @@ def _fit_in_parts(km, x: np.ndarray, k: int) -> tuple[dict, float]:
 
 
 def _assign_rates(km, k: int, d: int, plan: Plan) -> dict:
-    """pipeline.kmeans.assign on float16 rows (as read from Parquet), one thread and all threads;
+    """pipeline.algorithms.kmeans.assign on float16 rows (as read from Parquet), one thread and all threads;
     with one thread also its parts: float16 -> float32, FAISS search, exact distance recomputation."""
     x = mixture(plan.assign_points, d, seed=1).astype(np.float16)
     centroids = mixture(k, d, seed=2)
@@ -783,7 +783,7 @@ def analyze_memory(ctx: Context) -> dict:
     files per layer, the longer twenty: with a single file, the 1x run would stop before the
     streaming loop reaches its steady state (measured: RSS grows over the first two files, then
     stays flat file after file)."""
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.stages.extract import ExtractConfig, extract
     from pipeline.model import default_model_path, ensure_default_model
 
     plan = ctx.plan
@@ -833,7 +833,7 @@ def reduce_maps(ctx: Context) -> dict:
     import sklearn
     from sklearn.manifold import TSNE
 
-    from pipeline.reduce import StreamingPCA, _tsne, _umap
+    from pipeline.stages.reduce import StreamingPCA, _tsne, _umap
 
     n, d = ctx.plan.reduce_points, 256  # d of the default model's layers
     x = mixture(n, d, seed=3)
@@ -941,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
                    help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     p.add_argument("--corpus", default="auto", choices=["auto", "embedded", "synthetic"],
-                   help="auto: the embedded corpus when pipeline/embedded/data has Parquet files, else synthetic")
+                   help="auto: the embedded corpus when pipeline/corpus/embedded/data has Parquet files, else synthetic")
     p.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)  # run one benchmark, JSON to --out
@@ -969,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    from pipeline.sources import EMBEDDED_DATA
+    from pipeline.corpus.sources import EMBEDDED_DATA
 
     corpus = args.corpus
     if corpus == "auto":

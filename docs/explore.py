@@ -38,8 +38,9 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline import open_warehouse, vectors
-from pipeline.analyze import SILENCE_LABELS
+from pipeline import open_warehouse
+from pipeline import vectors
+from pipeline.stages.analyze import SILENCE_LABELS
 
 WAREHOUSE = os.environ.get("EXPLORE_WAREHOUSE", "storage")
 RUN = os.environ.get("EXPLORE_RUN", "demo")

@@ -250,7 +250,7 @@ def _written_runs(args) -> list[str] | None:
 
 
 def _check(args) -> int:
-    from pipeline.check import check
+    from pipeline.stages.check import check
 
     report = check(args.warehouse, run=args.run)
     print(report.table())
@@ -279,8 +279,8 @@ def _log_config(name: str, config: dict) -> None:
 
 
 def _ingest(args) -> int:
-    from pipeline.ingest import ingest
-    from pipeline.sources import SourceSpec
+    from pipeline.stages.ingest import ingest
+    from pipeline.corpus.sources import SourceSpec
 
     spec = SourceSpec(args.format, args.corpus, args.split, args.id_column, args.limit)
     _log_config("ingest", {**asdict(spec), "run": args.run, "warehouse": args.warehouse, "shard_size": args.shard_size})
@@ -294,7 +294,7 @@ def _ingest(args) -> int:
 
 
 def _extract(args) -> int:
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.stages.extract import ExtractConfig, extract
 
     fields = ExtractConfig.__dataclass_fields__
     cfg = ExtractConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -306,7 +306,7 @@ def _extract(args) -> int:
 
 
 def _analyze(args) -> int:
-    from pipeline.analyze import AnalyzeConfig, analyze
+    from pipeline.stages.analyze import AnalyzeConfig, analyze
 
     fields = AnalyzeConfig.__dataclass_fields__
     cfg = AnalyzeConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -327,7 +327,7 @@ def _analyze(args) -> int:
 
 
 def _labels(args) -> int:
-    from pipeline.labels import labels
+    from pipeline.stages.labels import labels
 
     params = {k: getattr(args, k) for k in ("run", "model", "warehouse", "source", "device", "max_chunk_s", "context_s",
                                           "tier_name", "overwrite_tier")}
@@ -337,7 +337,7 @@ def _labels(args) -> int:
 
 
 def _transcripts(args) -> int:
-    from pipeline.transcripts import TranscriptsConfig, transcripts
+    from pipeline.stages.transcripts import TranscriptsConfig, transcripts
 
     fields = TranscriptsConfig.__dataclass_fields__
     cfg = TranscriptsConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -348,7 +348,7 @@ def _transcripts(args) -> int:
 
 
 def _metadata(args) -> int:
-    from pipeline.metadata import attach_metadata
+    from pipeline.stages.metadata import attach_metadata
 
     _log_config("metadata", {"run": args.run, "files": args.files, "warehouse": args.warehouse})
     counts = attach_metadata(args.run, args.files, args.warehouse)
@@ -358,7 +358,7 @@ def _metadata(args) -> int:
 
 
 def _demo_models(args) -> int:
-    from pipeline.demo import train_demo_model
+    from pipeline.model.demo import train_demo_model
 
     _log_config("demo-models", {"warehouse": args.warehouse, "seed": args.seed})
     print(f"demo-models: {train_demo_model(args.warehouse, seed=args.seed)}")
@@ -366,7 +366,7 @@ def _demo_models(args) -> int:
 
 
 def _compare(args) -> int:
-    from pipeline.compare import compare
+    from pipeline.stages.compare import compare
 
     params = {"runs": args.runs, "warehouse": args.warehouse, "n": args.n, "seed": args.seed, "k": args.k,
               "tier": args.tier}
@@ -381,7 +381,7 @@ def _compare(args) -> int:
 
 
 def _reduce(args) -> int:
-    from pipeline.reduce import reduce_many
+    from pipeline.stages.reduce import reduce_many
 
     keys = ["run", "layers", "methods", "warehouse", "n", "seed", "tier", "pca_dims", "perplexity", "n_neighbors",
             "min_dist"]
@@ -405,7 +405,7 @@ def _report(args) -> int:
 
 
 def _score(args) -> int:
-    from pipeline.score import score_table
+    from pipeline.stages.score import score_table
 
     rows = score_table(args.table, args.labels, args.clusters, args.where, args.warehouse)
     import pyarrow as pa
@@ -431,7 +431,7 @@ def _sql(args) -> int:
 def _views(args) -> int:
     from pathlib import Path
 
-    from pipeline.views import views_sql, write_atomic
+    from pipeline.warehouse.views import views_sql, write_atomic
     from pipeline.warehouse import Warehouse
 
     if not Path(args.warehouse).is_dir():

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Iterator, Sequence
 
-from pipeline import lock as runlock
+from pipeline.warehouse import lock as runlock
 from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def writing_job(warehouse: str | os.PathLike, command: str, runs: Sequence[str],
     commits without the lock are refused meanwhile (lock.STRICT). On success, verify the files of the
     command's stages and each run's facts against its frames (`check.check_written`), then rewrite
     `views.sql` at the warehouse root. RunLocked at once if another job holds a run (or wait)."""
-    from pipeline.check import check_written
+    from pipeline.stages.check import check_written
 
     wh = Warehouse(warehouse)
     strict, runlock.STRICT = runlock.STRICT, True
@@ -62,7 +62,7 @@ def writing_job(warehouse: str | os.PathLike, command: str, runs: Sequence[str],
 
 
 def _refresh_views(wh: Warehouse) -> None:
-    """`views.sql` at the warehouse root, for any DuckDB client (see pipeline/views.py)."""
-    from pipeline.views import refresh
+    """`views.sql` at the warehouse root, for any DuckDB client (see pipeline/warehouse/views.py)."""
+    from pipeline.warehouse.views import refresh
 
     refresh(wh)

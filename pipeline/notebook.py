@@ -1,14 +1,16 @@
 """The Python entry point for notebooks: a DuckDB connection with the warehouse's views, and a query's
 vectors as one numpy matrix beside their keys.
 
-    from pipeline import open_warehouse, vectors
+    from pipeline import open_warehouse
+
+    from pipeline import vectors
     con = open_warehouse("storage")
     keys, X = vectors(con, "select utterance_id, frame, phone, vector from frames where run = $run and layer = 6",
                       {"run": "demo"})
     # keys: pyarrow.Table (pl.from_arrow(keys) for polars); X: numpy float32 (n, D), row i beside keys row i
 
 Importing this module loads DuckDB and pyarrow, never torch; the first `vectors()` call imports
-pipeline.analyze for its list-column conversion (which loads FAISS and scikit-learn).
+pipeline.stages.analyze for its list-column conversion (which loads FAISS and scikit-learn).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def vectors(con_or_path: duckdb.DuckDBPyConnection | str | os.PathLike, sql: str
     """Run `sql` (a query of sql/ by name, a .sql path or literal SQL with `$name` parameters) and return
     (every other column as a pyarrow.Table, the `column` of vectors as a float32 (n, D) matrix), row i of
     one beside row i of the other. The vectors are converted as one flat array, no Python per row."""
-    from pipeline.analyze import vectors as to_matrix  # the one list-column → matrix conversion
+    from pipeline.stages.analyze import vectors as to_matrix  # the one list-column → matrix conversion
 
     con = con_or_path if isinstance(con_or_path, duckdb.DuckDBPyConnection) else open_warehouse(con_or_path)
     text = load_query(sql)

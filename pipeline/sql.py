@@ -76,8 +76,8 @@ def query(warehouse: str | Path, sql: str, params: dict[str, Any] | None = None,
 
 def run_checks(warehouse: str | Path) -> dict[str, int]:
     """Every `sql/checks/*.sql` must return zero rows on a healthy warehouse: offending rows per check
-    (the queries run in `pipeline.check`, which `python -m pipeline check` reports; a failing query raises)."""
-    from pipeline.check import run_sql_checks
+    (the queries run in `pipeline.stages.check`, which `python -m pipeline check` reports; a failing query raises)."""
+    from pipeline.stages.check import run_sql_checks
 
     out = {}
     for name, rows in run_sql_checks(Warehouse(warehouse)).items():

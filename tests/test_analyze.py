@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import run_checks
 
-from pipeline.analyze import AnalyzeConfig, analyze
-from pipeline.extract import ExtractConfig, extract
+from pipeline.stages.analyze import AnalyzeConfig, analyze
+from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.warehouse import Warehouse
 
 
@@ -57,18 +57,18 @@ def test_segment_tier_gives_what_the_frames_column_gives(embedded_run):
     (labels computed at extraction)."""
     import pyarrow as pa
 
-    from pipeline.analyze import _segment_labels
+    from pipeline.stages.analyze import _segment_labels
 
     wh = Warehouse(embedded_run)
     con = wh.connect()
     copy = con.sql("select utterance_id, 'phone_copy' as tier, idx, label, start_s, end_s, source "
                    "from segments where run = 'emb' and tier = 'phone'").to_arrow_table()
-    from pipeline.schemas import SEGMENTS
+    from pipeline.warehouse.schemas import SEGMENTS
 
     record = wh.write("segments", copy.cast(SEGMENTS), "emb", 0, file_prefix="test_copy")
     wh.commit("emb", "test.phone_copy", 0, [record])
     con = wh.connect()
-    from pipeline.geometry import FrameGeometry
+    from pipeline.algorithms.geometry import FrameGeometry
 
     frames = con.sql("select utterance_id, frame, phone from frames where run = 'emb' and layer = -1 "
                      "order by utterance_id, frame").to_arrow_table()

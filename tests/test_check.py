@@ -1,4 +1,4 @@
-"""pipeline.check and sql/checks: a healthy warehouse passes every check; each kind of damage and each
+"""pipeline.stages.check and sql/checks: a healthy warehouse passes every check; each kind of damage and each
 bad analysis table fails its check, names the run and the file, and leaves the other runs checked."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import check as C
-from pipeline import transcripts as T
-from pipeline.analyze import CLUSTERS_SCHEMA, AnalyzeConfig, analyze
-from pipeline.reduce import reduce
-from pipeline.schemas import SEGMENTS, UTTERANCES
+from pipeline.stages import check as C
+from pipeline.stages import transcripts as T
+from pipeline.stages.analyze import CLUSTERS_SCHEMA, AnalyzeConfig, analyze
+from pipeline.stages.reduce import reduce
+from pipeline.warehouse.schemas import SEGMENTS, UTTERANCES
 from pipeline.warehouse import FileRecord, Warehouse
 from test_reduce import make_frames_warehouse
 
@@ -134,7 +134,7 @@ def test_missing_warehouse_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_the_embedded_run_passes_every_check(tmp_path):
     """The real chain on the embedded corpus and model: extract, labels tier, analyze, reduce, transcripts."""
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.stages.extract import ExtractConfig, extract
 
     root = tmp_path / "wh"
     extract(ExtractConfig(run="emb", warehouse=str(root), limit=8, layers="-1,1", shard_size=4, progress=False))

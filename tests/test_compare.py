@@ -1,4 +1,4 @@
-"""pipeline.compare: linear CKA between the layers of two runs and agreement of their clusterings.
+"""pipeline.stages.compare: linear CKA between the layers of two runs and agreement of their clusterings.
 
 Runs are made by the project's own extract: one tiny generated TIMIT-layout corpus through two
 tiny random wav2vec2 models (other seeds), plus copies of run A written with permuted, rotated or
@@ -19,10 +19,10 @@ from conftest import make_timit, run_checks, tone, write_timit_utt
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from test_model import _config
 
-from pipeline.analyze import AnalyzeConfig, analyze, vectors
-from pipeline.compare import CKA_SCHEMA, adjusted_rand_index, analysed, common_k, compare, linear_cka
-from pipeline.extract import ExtractConfig, extract
-from pipeline.schemas import frames_schema
+from pipeline.stages.analyze import AnalyzeConfig, analyze, vectors
+from pipeline.stages.compare import CKA_SCHEMA, adjusted_rand_index, analysed, common_k, compare, linear_cka
+from pipeline.stages.extract import ExtractConfig, extract
+from pipeline.warehouse.schemas import frames_schema
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import audio_bytes, make_hf_parquet, make_timit, run_checks, tone, write_timit_utt
 
-from pipeline import audio
-from pipeline.ingest import ingest
-from pipeline.records import Quarantine
-from pipeline.sources import SourceSpec, iter_items
+from pipeline.corpus import audio
+from pipeline.stages.ingest import ingest
+from pipeline.corpus.records import Quarantine
+from pipeline.corpus.sources import SourceSpec, iter_items
 from pipeline.warehouse import Warehouse
 
 GRID = """File type = "ooTextFile"
@@ -175,7 +175,7 @@ def test_hf_row_with_a_null_position_is_quarantined_and_the_stream_goes_on(tmp_p
 
 
 def test_an_hf_row_that_cannot_be_listed_is_its_own_error():
-    from pipeline.sources import _hf_item
+    from pipeline.corpus.sources import _hf_item
 
     item = _hf_item({"id": "u1", "audio": {"path": 5}}, 0, "train", "c", "audio", ["id"], None)
     assert item.utterance_id == "u1" and item.error.reason == "prepare_error"

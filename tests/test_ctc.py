@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import ctc
-from pipeline.geometry import FrameGeometry
+from pipeline.algorithms import ctc
+from pipeline.algorithms.geometry import FrameGeometry
 
 GEO = FrameGeometry(400, 320)
 

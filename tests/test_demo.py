@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import demo as D
+from pipeline.model import demo as D
 from pipeline import model as M
-from pipeline.transcripts import edit_distance
+from pipeline.stages.transcripts import edit_distance
 
 QUICK = D.Recipe(limit_steps=3, freeze_steps=1)  # head-only step, then two full steps
 
 
-def test_edit_distance_on_phone_lists():  # the phone error rate's distance (pipeline.transcripts)
+def test_edit_distance_on_phone_lists():  # the phone error rate's distance (pipeline.stages.transcripts)
     assert edit_distance([], []) == 0
     assert edit_distance(["a", "b", "c"], ["a", "b", "c"]) == 0
     assert edit_distance(["a", "b", "c"], ["a", "c"]) == 1
@@ -77,9 +77,9 @@ def test_default_recipe_learns_and_fine_tuning_sharpens_the_upper_layers(tmp_pat
     """The real recipe, then the study's comparison on the embedded corpus: both runs labelled with
     the fine-tuned model's greedy CTC phones (the original's label source). Measured on all 240
     utterances (k = 50): best-layer AMI 0.10 before, 0.63 after (layer 3)."""
-    from pipeline.analyze import AnalyzeConfig, analyze
-    from pipeline.extract import ExtractConfig, extract
-    from pipeline.labels import labels
+    from pipeline.stages.analyze import AnalyzeConfig, analyze
+    from pipeline.stages.extract import ExtractConfig, extract
+    from pipeline.stages.labels import labels
 
     folder = D.train_demo_model(tmp_path)
     facts = json.loads((folder / D.TRAINING_FACTS).read_text())

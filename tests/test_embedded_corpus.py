@@ -1,6 +1,6 @@
 """The embedded corpus as shipped: schema, alignment invariants, audio, and real phonetic structure.
 
-Reads pipeline/embedded/data/*.parquet with pyarrow; espeak-ng is needed only by the one test that
+Reads pipeline/corpus/embedded/data/*.parquet with pyarrow; espeak-ng is needed only by the one test that
 regenerates utterances, which is skipped where libespeak-ng.so.1 is absent.
 """
 
@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline.embedded import SPLITS, build, data_files
-from pipeline.embedded.build import (
+from pipeline.corpus.embedded import SPLITS, build, data_files
+from pipeline.corpus.embedded.build import (
     EVENT_END, EVENT_PHONEME, EVENT_WORD, SCHEMA, SPEAKERS, Interval, Synthesis, UtterancePlan,
 )
-from pipeline.embedded.sentences import generate_sentences, words_of
+from pipeline.corpus.embedded.sentences import generate_sentences, words_of
 
 MAX_DATA_BYTES = 8_000_000  # the whole data folder; 7.55 MB as built
 FRAME_HOP_SAMPLES, FRAME_WINDOW_SAMPLES = 320, 400  # 20 ms hop, 25 ms window at 16 kHz

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.extract import ExtractConfig, extract
+from pipeline.stages.extract import ExtractConfig, extract
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "explore.py"
 

@@ -15,8 +15,8 @@ from conftest import REPO, make_bad_timit, make_timit, run_checks, write_timit_u
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.extract import ExtractConfig, extract, frame_labels
-from pipeline.records import Segment
+from pipeline.stages.extract import ExtractConfig, extract, frame_labels
+from pipeline.corpus.records import Segment
 from pipeline.warehouse import Warehouse
 
 PY = sys.executable
@@ -220,7 +220,7 @@ def test_out_of_memory_once_is_retried_to_the_same_rows(small_corpus, small_base
 
 
 def test_out_of_memory_always_leaves_the_shard_for_the_rerun(small_corpus, small_baseline, tmp_path, monkeypatch):
-    from pipeline.extract import ModelOutOfMemory
+    from pipeline.stages.extract import ModelOutOfMemory
 
     _failing_model(monkeypatch, OUT_OF_MEMORY["torch"], times=None)
     with pytest.raises(ModelOutOfMemory, match=r"run 'r', shard 0: .* utterance 'TRAIN/DR1/FCJF0/SX139'.*"
@@ -268,10 +268,10 @@ def _extract_long(corpus: Path, wh: Path, **kw):
 
 def _expected_tables(corpus: Path, wh: Path, dtype: str) -> dict[int, "pa.Table"]:
     """The frames tables of the path that holds every output in memory: model.extract + frames_tables."""
-    from pipeline.extract import frames_tables
-    from pipeline.ingest import prepare
+    from pipeline.stages.extract import frames_tables
+    from pipeline.stages.ingest import prepare
     from pipeline.model import extract as model_extract, load_model, n_windows
-    from pipeline.sources import SourceSpec, iter_items
+    from pipeline.corpus.sources import SourceSpec, iter_items
 
     loaded = load_model("default", cache_dir=wh / "_models")
     prepared = [prepare(it) for it in iter_items(SourceSpec("timit", str(corpus)))]
@@ -351,7 +351,7 @@ def test_out_of_memory_on_a_long_recording(long_corpus, long_clean, tmp_path, mo
     import torch
 
     import pipeline.model
-    from pipeline.extract import ModelOutOfMemory
+    from pipeline.stages.extract import ModelOutOfMemory
 
     real_windows, calls = pipeline.model.extract_windows, []
 

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BAD_TIMIT_CASES, make_bad_timit, make_hf_parquet, make_textgrid_corpus, make_timit, run_checks
 
-from pipeline.ingest import ingest
-from pipeline.schemas import REASONS
-from pipeline.sources import SourceSpec
+from pipeline.stages.ingest import ingest
+from pipeline.warehouse.schemas import REASONS
+from pipeline.corpus.sources import SourceSpec
 from pipeline.sql import SQL_DIR
 from pipeline.warehouse import FactsMismatch, Warehouse
 

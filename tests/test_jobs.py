@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_timit
-from pipeline import lock
+from pipeline.warehouse import lock
 from pipeline.cli import main
 from pipeline.jobs import writing_job
 from pipeline.warehouse import Warehouse

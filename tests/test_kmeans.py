@@ -1,4 +1,4 @@
-"""pipeline.kmeans: recovery of blobs, no silent subsampling, exact assignment, determinism."""
+"""pipeline.algorithms.kmeans: recovery of blobs, no silent subsampling, exact assignment, determinism."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_mutual_info_score
 
-from pipeline import kmeans
-from pipeline.kmeans import assign, assign_batches, fit_kmeans
+from pipeline.algorithms import kmeans
+from pipeline.algorithms.kmeans import assign, assign_batches, fit_kmeans
 
 
 def blobs(n_per: int = 400, k: int = 5, d: int = 8, spread: float = 0.3, seed: int = 0):

@@ -15,9 +15,9 @@ import soundfile as sf
 import torch
 
 from conftest import audio_bytes, make_timit, run_checks, tone
-from pipeline import ctc
-from pipeline.extract import ExtractConfig, extract
-from pipeline.labels import TierConflict, labels, load_ctc_model
+from pipeline.algorithms import ctc
+from pipeline.stages.extract import ExtractConfig, extract
+from pipeline.stages.labels import TierConflict, labels, load_ctc_model
 from pipeline.model import normalize_waveform
 from pipeline.warehouse import Warehouse
 
@@ -207,7 +207,7 @@ def test_ctc_checkpoint_missing_encoder_weights_is_refused(tmp_path):
     """A CTC checkpoint without its transformer layers would label with random layers: refused."""
     from safetensors.torch import load_file, save_file
 
-    from pipeline.labels import load_ctc_model
+    from pipeline.stages.labels import load_ctc_model
 
     folder = save_tiny_ctc(tmp_path / "ctc")
     path = folder / "model.safetensors"
@@ -218,7 +218,7 @@ def test_ctc_checkpoint_missing_encoder_weights_is_refused(tmp_path):
 
 def test_labels_refuses_a_corpus_changed_since_the_run(tmp_path, ctc_model):
     """labels reopens the run's corpus: a corpus whose files changed would attach labels to other audio."""
-    from pipeline.ingest import CorpusChanged
+    from pipeline.stages.ingest import CorpusChanged
 
     corpus = make_timit(tmp_path / "timit")
     wh = tmp_path / "wh"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lock
-from pipeline.lock import LeaseLost, RunLocked
+from pipeline.warehouse import lock
+from pipeline.warehouse.lock import LeaseLost, RunLocked
 from pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = r"""
 import json, os, sys, time
 from pathlib import Path
-from pipeline.lock import LeaseLost
+from pipeline.warehouse.lock import LeaseLost
 from pipeline.warehouse import Warehouse
 root, go = sys.argv[1], Path(sys.argv[2])
 wh = Warehouse(root)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from conftest import make_timit
 
-from pipeline.analyze import AnalyzeConfig, analyze
-from pipeline.extract import ExtractConfig, extract
-from pipeline.ingest import ingest
-from pipeline.metadata import attach_metadata, read_attributes
-from pipeline.sources import SourceSpec
+from pipeline.stages.analyze import AnalyzeConfig, analyze
+from pipeline.stages.extract import ExtractConfig, extract
+from pipeline.stages.ingest import ingest
+from pipeline.stages.metadata import attach_metadata, read_attributes
+from pipeline.corpus.sources import SourceSpec
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 

@@ -1,4 +1,4 @@
-"""pipeline.metrics: equality with scikit-learn, hand examples, edge cases."""
+"""pipeline.algorithms.metrics: equality with scikit-learn, hand examples, edge cases."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sklearn.metrics.cluster import contingency_matrix
 
 import scipy.sparse as sp
 
-from pipeline.metrics import (
+from pipeline.algorithms.metrics import (
     ClusterMajority,
     cluster_metrics,
     contingency_metrics,

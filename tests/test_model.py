@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import model as M
-from pipeline.geometry import FrameGeometry
+from pipeline.algorithms.geometry import FrameGeometry
 
 RATE = 16_000
 GEOMETRY = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = r"""
 import sys
-import pipeline, pipeline.sql as S, pipeline.check as C
+import pipeline, pipeline.sql as S, pipeline.stages.check as C
 assert pipeline.__file__.startswith(sys.argv[1]), pipeline.__file__
 assert S.SQL_DIR.is_relative_to(sys.argv[1]), S.SQL_DIR
 text = S.load_query("phone_counts")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.probe import fit_score, speaker_disjoint_probe, split_speakers
+from pipeline.algorithms.probe import fit_score, speaker_disjoint_probe, split_speakers
 
 
 def test_split_holds_out_whole_speakers_deterministically():

@@ -1,4 +1,4 @@
-"""pipeline.reduce: determinism, declared columns, streamed PCA equal to a full PCA, shared samples."""
+"""pipeline.stages.reduce: determinism, declared columns, streamed PCA equal to a full PCA, shared samples."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.reduce import REDUCTIONS_SCHEMA, StreamingPCA, _pca_cache, fit_pca, per_label_for, reduce, reduce_many
-from pipeline.schemas import UTTERANCES, frames_schema
+from pipeline.stages.reduce import REDUCTIONS_SCHEMA, StreamingPCA, _pca_cache, fit_pca, per_label_for, reduce, reduce_many
+from pipeline.warehouse.schemas import UTTERANCES, frames_schema
 from pipeline.warehouse import Warehouse
 
 PHONES = ["sil", "a", "i:", "s", "t", "n", "l", "D"]  # espeak-ng mnemonics: classes from the embedded JSON

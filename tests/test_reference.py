@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import reference_dir
 
-from pipeline.kmeans import assign, fit_kmeans
-from pipeline.metrics import cluster_metrics
+from pipeline.algorithms.kmeans import assign, fit_kmeans
+from pipeline.algorithms.metrics import cluster_metrics
 
 FRAMES_SHA256 = "6fb78f84a3ac710fe56ca4fa83587f72f2924d1e7473a8c39627154b437dc602"
 TOL = 1e-6

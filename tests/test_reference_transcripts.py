@@ -1,4 +1,4 @@
-"""pipeline.transcripts against the original's published artefacts (shared/reference/original_lp_test).
+"""pipeline.stages.transcripts against the original's published artefacts (shared/reference/original_lp_test).
 
 1. edlib reproduces the 232 shipped ASR-vs-transcriber alignments; `multi_align` their merge.
 2. `frame_disagreement_original` reproduces `error_category` on every frame; our gap rule agrees
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import reference_dir
 
-from pipeline import transcripts as T
+from pipeline.stages import transcripts as T
 
 REFERENCES = [f"text{j}_norm" for j in range(1, 5)]
 CER_TOL = 5e-5

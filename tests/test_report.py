@@ -20,12 +20,12 @@ import vl_convert as vlc
 from altair.vegalite.v6.schema import load_schema
 from conftest import run_checks
 
-from pipeline import charts
-from pipeline import transcripts as T
-from pipeline.analyze import AnalyzeConfig, analyze
-from pipeline.phone_classes import ARPABET, CLASSES, TIMIT, classify, detect_inventory, embedded_classes
+from pipeline.report import charts
+from pipeline.stages import transcripts as T
+from pipeline.stages.analyze import AnalyzeConfig, analyze
+from pipeline.algorithms.phone_classes import ARPABET, CLASSES, TIMIT, classify, detect_inventory, embedded_classes
 from pipeline.report import build_report, key_layers
-from pipeline.schemas import SEGMENTS
+from pipeline.warehouse.schemas import SEGMENTS
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 from test_reduce import make_frames_warehouse
@@ -506,7 +506,7 @@ def test_arpabet_with_stress_digits():
 def test_espeak_labels_follow_the_embedded_json():
     table = embedded_classes()
     if not table:
-        pytest.skip("pipeline/embedded/phone_classes.json is not there")
+        pytest.skip("pipeline/corpus/embedded/phone_classes.json is not there")
     assert classify(table) == table
     # the same letters mean other sounds in espeak-ng than in ARPAbet
     espeak = classify(["sil", "T", "D", "V", "I", "@", "oU"])

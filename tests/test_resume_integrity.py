@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_hf_parquet, make_textgrid_corpus, make_timit, write_timit_utt
 
-import pipeline.extract
-import pipeline.ingest
-from pipeline.extract import ExtractConfig, extract
-from pipeline.ingest import CorpusChanged, corpus_fingerprint, ingest, prepare_shard
-from pipeline.sources import SourceItem, SourceSpec
+import pipeline.stages.extract
+import pipeline.stages.ingest
+from pipeline.stages.extract import ExtractConfig, extract
+from pipeline.stages.ingest import CorpusChanged, corpus_fingerprint, ingest, prepare_shard
+from pipeline.corpus.sources import SourceItem, SourceSpec
 from pipeline.warehouse import FactsMismatch, Warehouse
 
 FIRST = "TRAIN/DR1/FAKS0/SA1"  # sorts before the four utterances of make_timit: every shard shifts
@@ -161,7 +161,7 @@ def test_an_unknown_revision_is_not_a_change(tmp_path, monkeypatch):
     corpus, wh = make_timit(tmp_path / "timit"), tmp_path / "wh"
     _ingest(corpus, wh)
     recorded = Warehouse(wh).read_facts("r")["corpus_fingerprint"]
-    monkeypatch.setattr(pipeline.ingest, "corpus_fingerprint", lambda spec: None)
+    monkeypatch.setattr(pipeline.stages.ingest, "corpus_fingerprint", lambda spec: None)
     assert _ingest(corpus, wh)["skipped_shards"] == 2
     assert Warehouse(wh).read_facts("r")["corpus_fingerprint"] == recorded
 
@@ -173,7 +173,7 @@ def test_an_unknown_revision_is_not_a_change(tmp_path, monkeypatch):
 def test_a_changed_shard_is_refused_by_its_ids(tmp_path, monkeypatch, stage):
     """Without a fingerprint (a Hub id offline) the committed shard's ids hash catches the change."""
     corpus, wh = make_timit(tmp_path / "timit"), tmp_path / "wh"
-    monkeypatch.setattr(getattr(pipeline, stage), "corpus_fingerprint", lambda spec: None)
+    monkeypatch.setattr(getattr(pipeline.stages, stage), "corpus_fingerprint", lambda spec: None)
     _crash_at_commit(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         STAGES[stage](corpus, wh)
@@ -188,7 +188,7 @@ def test_a_changed_shard_is_refused_by_its_ids(tmp_path, monkeypatch, stage):
 
 def test_a_shrunk_corpus_is_refused(tmp_path, monkeypatch):
     corpus, wh = make_timit(tmp_path / "timit"), tmp_path / "wh"
-    monkeypatch.setattr(pipeline.ingest, "corpus_fingerprint", lambda spec: None)
+    monkeypatch.setattr(pipeline.stages.ingest, "corpus_fingerprint", lambda spec: None)
     _ingest(corpus, wh)
     for path in (corpus / "TRAIN" / "DR1" / "MDAB0").iterdir():
         path.unlink()
@@ -200,7 +200,7 @@ def test_committed_shards_after_a_redone_one_are_checked_first(tmp_path, monkeyp
     """Shard 1 lost a file (redone), shards 2 and 3 are committed and changed: the rerun refuses
     before it rewrites shard 1, so the run never holds shards of two corpora."""
     corpus, wh = make_timit(tmp_path / "timit"), tmp_path / "wh"
-    monkeypatch.setattr(pipeline.ingest, "corpus_fingerprint", lambda spec: None)
+    monkeypatch.setattr(pipeline.stages.ingest, "corpus_fingerprint", lambda spec: None)
     ingest(SourceSpec("timit", str(corpus)), "r", str(wh), shard_size=1)
     (wh / "segments" / "run=r" / "part-00001.parquet").unlink()
     write_timit_utt(corpus, "TRAIN/DR1/MAAA0/SA1", 9600)  # between shard 1 and shard 2: 2 and 3 shift
@@ -227,14 +227,14 @@ def test_an_exception_while_preparing_is_the_items_quarantine(tmp_path, monkeypa
     """An error no check foresaw (here a TypeError from the tier code on one item) used to end the
     stream, on every rerun; now it is that item's quarantine row and the stream goes on."""
     corpus = make_timit(tmp_path / "timit")
-    real = pipeline.ingest.clean_tier
+    real = pipeline.stages.ingest.clean_tier
 
     def clean_tier(intervals, duration_s, tier, source, name=""):
         if name == "TRAIN/DR1/FCJF0/SX139":
             raise TypeError("unsupported operand type(s) for /: 'NoneType' and 'int'")
         return real(intervals, duration_s, tier, source, name)
 
-    monkeypatch.setattr(pipeline.ingest, "clean_tier", clean_tier)
+    monkeypatch.setattr(pipeline.stages.ingest, "clean_tier", clean_tier)
     counts = ingest(SourceSpec("timit", str(corpus)), "bad", str(tmp_path / "wh"), shard_size=2)
     assert (counts["utterances"], counts["quarantined"]) == (3, 1)
     rows = _rows(tmp_path / "wh", "select utterance_id, stage, reason, detail from quarantine")

@@ -14,15 +14,15 @@ import pytest
 from conftest import REPO, make_timit, run_checks
 from test_labels import save_tiny_ctc, segments_of
 
-from pipeline import charts
-from pipeline.analyze import AnalyzeConfig, analyze
-from pipeline.extract import ExtractConfig, extract
-from pipeline.labels import TierConflict, labels
-from pipeline.reduce import reduce
+from pipeline.report import charts
+from pipeline.stages.analyze import AnalyzeConfig, analyze
+from pipeline.stages.extract import ExtractConfig, extract
+from pipeline.stages.labels import TierConflict, labels
+from pipeline.stages.reduce import reduce
 from pipeline.report import build_report
-from pipeline.schemas import check_tier_name, tiered_views
+from pipeline.warehouse.schemas import check_tier_name, tiered_views
 from pipeline.sql import query
-from pipeline.transcripts import TranscriptsConfig, transcripts
+from pipeline.stages.transcripts import TranscriptsConfig, transcripts
 from pipeline.warehouse import Warehouse
 
 
@@ -104,7 +104,7 @@ def test_another_model_writes_a_new_tier_or_replaces_the_old_one_whole(two_model
         labels("r", str(model_a), warehouse=str(wh), device="cpu", tier_name="fa_char")
     # replacing: every old shard is superseded first, so a killed overwrite leaves B's shards only
     env = {"PIPELINE_KILL_AT": "before_commit:4"}  # 2 superseding commits, B's shard 0, killed before shard 1
-    cmd = [sys.executable, "-c", "import sys; from pipeline.labels import labels; "
+    cmd = [sys.executable, "-c", "import sys; from pipeline.stages.labels import labels; "
            "labels('r', sys.argv[1], warehouse=sys.argv[2], device='cpu', overwrite_tier=True)", str(model_b), str(wh)]
     killed = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

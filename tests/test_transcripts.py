@@ -1,4 +1,4 @@
-"""pipeline.transcripts on small constructed cases: CER, alignment, decoding, disagreement, warehouse stage."""
+"""pipeline.stages.transcripts on small constructed cases: CER, alignment, decoding, disagreement, warehouse stage."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import transcripts as T
-from pipeline.schemas import SEGMENTS, UTTERANCES
+from pipeline.stages import transcripts as T
+from pipeline.warehouse.schemas import SEGMENTS, UTTERANCES
 from pipeline.warehouse import Warehouse
 
 _ = T.BLANK_LABEL  # the CTC blank, short so that frame label lists read like frames
@@ -153,7 +153,7 @@ def _tiny_warehouse(root) -> Warehouse:
     clusters = {"u1": [0, 1, 1, 0, 2, 3, 4, 0], "u2": [1, 2]}
     crows = [{"utterance_id": u, "frame": f, "cluster": c, "distance": 0.0, "tier": "phone"}
              for u, cs in clusters.items() for f, c in enumerate(cs)]
-    from pipeline.analyze import CLUSTERS_SCHEMA
+    from pipeline.stages.analyze import CLUSTERS_SCHEMA
 
     rec = wh.write("clusters", pa.Table.from_pylist(crows, schema=CLUSTERS_SCHEMA), "r", 0, file_prefix="phone",
                    layer=3, k=5)

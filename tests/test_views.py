@@ -17,12 +17,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.analyze import AnalyzeConfig, analyze
+from pipeline.stages.analyze import AnalyzeConfig, analyze
 from pipeline.cli import main
-from pipeline.extract import ExtractConfig, extract
+from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.notebook import open_warehouse, vectors
-from pipeline import views
-from pipeline.views import refresh, views_sql
+from pipeline.warehouse import views
+from pipeline.warehouse.views import refresh, views_sql
 from pipeline.warehouse import Warehouse
 
 

@@ -54,9 +54,8 @@ def test_streaming_writer_gives_the_file_of_one_write(tmp_path, monkeypatch):
     assert not list((tmp_path / "_tmp").iterdir())
 
 
-def test_streaming_writer_bounds_row_groups_by_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(warehouse_module, "ROW_GROUP_BYTES", 1000)  # ~100 rows of TOY
-    with Warehouse(tmp_path).open_writer("toy", "a", 0, TOY) as writer:
+def test_streaming_writer_bounds_row_groups_by_bytes(tmp_path):
+    with Warehouse(tmp_path).open_writer("toy", "a", 0, TOY, row_group_bytes=1000) as writer:  # ~100 rows of TOY
         for batch in toy(1000).to_batches(max_chunksize=30):
             writer.write(batch)
             assert writer._buffered_bytes < 2000  # nothing accumulates past one row group

@@ -1,0 +1,316 @@
+"""Stage 6: model against model on the same utterances.
+
+Two runs of one corpus through two models (pre-trained and fine-tuned, wav2vec2 and HuBERT, …) are
+compared in two ways:
+
+- **linear CKA** (Kornblith et al. 2019, centred kernel alignment) between every layer of run A and
+  every layer of run B, on the same frames: a deterministic sample of at most `n` (utterance_id,
+  frame) keys both runs hold (`sql/compare_shared_keys.sql`, keys only), whose vectors are then
+  fetched layer by layer (`sql/compare_vectors.sql`). Each layer's sample matrix is centred once;
+  the linear kernel needs no n × n Gram matrix: CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) with the biased
+  HSIC estimator (`value`, in [0, 1], the paper's figures), and the same from row norms for the
+  unbiased HSIC estimator of Song et al. 2012 (`value_debiased`, ≈ 0 for unrelated representations
+  even when the sample is small against the dimension; may fall slightly below 0).
+  Cost: n·d_A·d_B multiply-adds per layer pair (5,000 frames, 768 × 768: 2.9 G); memory: run B's centred
+  layers plus one layer of A (5,000 × 768 float32 = 15 MB per layer).
+- **clustering agreement** per layer present in both runs: the k-means clusters of A against those
+  of B (same k: `k`, or the largest k both runs analysed; same label tier: `tier`, or every tier
+  both runs clustered with that k, since each tier's k-means is its own) on every frame both runs
+  assigned, from a cluster × cluster contingency counted in SQL (`sql/compare_contingency.sql`) and
+  scored with `pipeline.algorithms.metrics.contingency_metrics` (AMI, NMI, MI, homogeneity, completeness,
+  v-measure, purities; A's clusters are the rows) plus the adjusted Rand index.
+
+The runs must share utterances (same ids with the same sample count) and frame geometry (the
+`geometry` facts in `_runs/<run>.json`), else this stops with an error that says which.
+
+Tables (Hive partitions `run` = A, `other` = B; a rerun replaces them):
+    cka/run=A/other=B/part-00000.parquet             layer, other_layer, value, value_debiased, n
+    run_agreement/run=A/other=B/part-00000.parquet   layer, k, metric, value, n, tier
+committed as stage `compare.<B>` of run A (parameters, k, tiers, n, timings in the commit record).
+
+Proposed CLI (flags = the parameters of `compare`):
+    python -m pipeline compare --runs A,B [--n N] [--seed S] [--k K] [--tier T] [--warehouse DIR]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from threadpoolctl import threadpool_limits
+
+from pipeline.algorithms import metrics as M
+from pipeline.stages.analyze import vectors
+from pipeline.warehouse.schemas import check_tier_name, tiered_views
+from pipeline.sql import query
+from pipeline.warehouse import Warehouse, check_run_name, fingerprint
+
+log = logging.getLogger(__name__)
+
+CKA_SCHEMA = pa.schema([
+    ("layer", pa.int64()),  # layer of run A
+    ("other_layer", pa.int64()),  # layer of run B
+    ("value", pa.float64()),  # linear CKA, biased HSIC estimator
+    ("value_debiased", pa.float64()),  # linear CKA, unbiased HSIC estimator
+    ("n", pa.int64()),  # frames in the sample
+])
+AGREEMENT_SCHEMA = pa.schema([
+    ("layer", pa.int64()),
+    ("k", pa.int64()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("n", pa.int64()),  # frames both runs assigned
+    ("tier", pa.string()),  # the label tier both clusterings were trained for
+])
+AGREEMENT_METRICS = ("ami", "nmi", "ari", "mi", "homogeneity", "completeness", "v_measure", "cluster_purity",
+                     "label_purity")
+ANALYZE_STAGE = re.compile(r"^analyze\.k(\d+)\.")
+# Below this many multiply-adds per layer pair, BLAS runs on one thread: with torch's and FAISS's
+# OpenMP pools loaded, OpenBLAS's own threads made a 1,147 × 32 pair 90× slower (50 ms against
+# 0.55 ms on 2 busy cores). Larger products keep BLAS's default threads (a 5,000 × 768 pair: 0.48 s
+# on two threads here, 0.29 s on one while other jobs loaded both cores; a dedicated machine differs).
+SMALL_PRODUCT = 1 << 26
+
+
+@dataclass(frozen=True)
+class Centred:
+    """One layer's sample matrix, centred once, with what every CKA of it needs."""
+
+    x: np.ndarray  # n × d float32, column means (float64) removed
+    gram_norm: float  # ‖XᵀX‖_F, float64 products
+    row_sq: np.ndarray  # ‖x_i‖², float64
+    total_sq: float  # Σ‖x_i‖² = tr(XXᵀ)
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> "Centred":
+        x = np.asarray(x, np.float32)
+        xc = (x - x.mean(axis=0, dtype=np.float64)).astype(np.float32)
+        x64 = xc.astype(np.float64)
+        row_sq = np.einsum("ij,ij->i", x64, x64)
+        return cls(xc, float(np.linalg.norm(x64.T @ x64)), row_sq, float(row_sq.sum()))
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+
+def _debiased_hsic(xty: float, a: Centred, b: Centred) -> float:
+    """n(n-3)·HSIC_unbiased (Song et al. 2012) of two centred linear kernels, without the kernels
+    (Kornblith et al.'s feature-space form; the estimator does not change when features are centred)."""
+    n = a.n
+    return xty - n / (n - 2) * float(a.row_sq @ b.row_sq) + a.total_sq * b.total_sq / ((n - 1) * (n - 2))
+
+
+def cka_pair(a: Centred, b: Centred) -> tuple[float, float]:
+    """Linear CKA of two centred sample matrices of the same frames: (biased, debiased)."""
+    if a.n != b.n:
+        raise ValueError(f"CKA needs the same frames in both matrices, got {a.n} and {b.n} rows")
+    # float64 products (1.3x the time of float32 here): the debiased estimator subtracts terms of
+    # nearly equal size; the float32 copies only halve the memory of the layers held
+    xty = float(np.square(a.x.astype(np.float64).T @ b.x.astype(np.float64)).sum())  # ‖XᵀY‖²_F = tr(K_c L_c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        biased = np.float64(xty) / (a.gram_norm * b.gram_norm)  # NaN for a constant layer
+        self_a = _debiased_hsic(a.gram_norm ** 2, a, a)
+        self_b = _debiased_hsic(b.gram_norm ** 2, b, b)
+        debiased = _debiased_hsic(xty, a, b) / np.sqrt(self_a * self_b) if self_a > 0 and self_b > 0 else np.nan
+    return float(biased), float(debiased)
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
+    """Linear CKA of two n × d matrices whose rows are the same examples."""
+    biased, unbiased = cka_pair(Centred.of(x), Centred.of(y))
+    return unbiased if debiased else biased
+
+
+def adjusted_rand_index(counts: np.ndarray) -> float:
+    """ARI from a contingency table (scikit-learn's adjusted_rand_score, from pair counts)."""
+    c = np.asarray(counts, np.float64)
+    n = c.sum()
+    sum_sq = float(np.square(c).sum())
+    rows, cols = c.sum(axis=1), c.sum(axis=0)
+    tp = sum_sq - n
+    fp = float(np.square(cols).sum()) - sum_sq
+    fn = float(np.square(rows).sum()) - sum_sq
+    tn = n * n - fp - fn - sum_sq
+    if fn == 0 and fp == 0:
+        return 1.0
+    return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _pair(runs) -> tuple[str, str]:
+    parts = [runs] if isinstance(runs, str) else runs
+    names = [r.strip() for part in parts for r in str(part).split(",") if r.strip()]
+    if len(names) != 2:
+        raise ValueError(f"compare takes two runs (A,B), got {names}")
+    return check_run_name(names[0]), check_run_name(names[1])
+
+
+def _facts(wh: Warehouse, run: str) -> dict:
+    facts = wh.read_facts(run)
+    if not facts or not facts.get("layers"):
+        raise ValueError(f"run {run!r} has no extracted frames in {wh.root} (runs there: {wh.runs()}); "
+                         "run `python -m pipeline extract` first")
+    return facts
+
+
+def check_comparable(wh: Warehouse, run: str, other: str, con) -> dict:
+    """Same frame geometry, shared utterances with the same audio length; returns the overlap."""
+    geometry = {r: (wh.read_facts(r) or {}).get("geometry") for r in (run, other)}
+    if geometry[run] != geometry[other]:
+        raise ValueError(f"runs {run!r} and {other!r} have different frame geometry ({run}: {geometry[run]}, "
+                         f"{other}: {geometry[other]}): frame i is not the same stretch of audio in both, "
+                         "so frames cannot be paired")
+    shared = query(wh.root, "compare_shared_utterances", {"run": run, "other": other}, con=con).to_pylist()[0]
+    if shared["n_shared"] == 0:
+        raise ValueError(f"runs {run!r} ({shared['n_run']} utterances) and {other!r} ({shared['n_other']}) share no "
+                         "utterance id: compare needs the same corpus extracted with both models")
+    if shared["n_mismatched"]:
+        raise ValueError(f"runs {run!r} and {other!r} share {shared['n_shared']} utterance ids but "
+                         f"{shared['n_mismatched']} of them have other audio lengths, e.g. "
+                         f"{', '.join(shared['mismatched_examples'])}: these are not the same recordings "
+                         "(another corpus or split with the same ids?)")
+    return shared
+
+
+def clusterings(wh: Warehouse, run: str) -> dict[tuple[int, str], set[int]]:
+    """{(k, tier): layers} of the committed k-means of a run (from the commit log, no data read).
+    The commit naming the clusters is `analyze.k<k>.<tier>`; `….<tier>.by.<attribute>` ones name group metrics."""
+    out: dict[tuple[int, str], set[int]] = {}
+    for (_, stage, shard), rec in wh.commits(run).items():
+        m = ANALYZE_STAGE.match(stage)
+        if m and any(f["path"].startswith("clusters/") for f in rec["files"]):
+            out.setdefault((int(m.group(1)), rec.get("tier") or stage[m.end():]), set()).add(int(shard))
+    return out
+
+
+def analysed(wh: Warehouse, run: str) -> dict[int, set[int]]:
+    """{k: layers} of the committed k-means of a run, any tier (from the commit log, no data read)."""
+    out: dict[int, set[int]] = {}
+    for (k, _), layers in clusterings(wh, run).items():
+        out.setdefault(k, set()).update(layers)
+    return out
+
+
+def common_tiers(wh: Warehouse, run: str, other: str, k: int, tier: str | None) -> list[str]:
+    """The tiers both runs clustered with k: [`tier`] (an error if one lacks it), or all of them."""
+    have = {r: {t for (k_, t) in clusterings(wh, r) if k_ == k} for r in (run, other)}
+    both = sorted(have[run] & have[other])
+    if tier is None:
+        return both
+    if tier not in both:
+        raise ValueError(f"tier {tier!r} is not clustered with k = {k} in both runs ({run}: {sorted(have[run])}, "
+                         f"{other}: {sorted(have[other])}); run `python -m pipeline analyze --k {k} --tier {tier}` "
+                         "on both first")
+    return [tier]
+
+
+def common_k(wh: Warehouse, run: str, other: str, k: int | None) -> int | None:
+    """`k` if both runs have it (else an error), or the largest k both analysed (None if none)."""
+    ks = {r: analysed(wh, r) for r in (run, other)}
+    both = set(ks[run]) & set(ks[other])
+    if k is None:
+        return max(both) if both else None
+    if k not in both:
+        raise ValueError(f"k = {k} is not analysed for both runs ({run}: k in {sorted(ks[run])}, "
+                         f"{other}: k in {sorted(ks[other])}); run `python -m pipeline analyze --k {k}` first")
+    return k
+
+
+# ------------------------------------------------------------------------------------------- stages
+def _layer_sample(wh: Warehouse, con, run: str, layer: int, keys: pa.Table) -> Centred:
+    got = query(wh.root, "compare_vectors", {"run": run, "layer": layer}, con=con)
+    if got.num_rows != keys.num_rows or not (got["utterance_id"].equals(keys["utterance_id"])
+                                             and got["frame"].equals(keys["frame"])):
+        raise ValueError(f"run {run!r} layer {layer}: {got.num_rows} of the {keys.num_rows} sampled frames found; "
+                         "every extracted layer should hold the same frames (run the sql/checks)")
+    return Centred.of(vectors(got["vector"]))
+
+
+def max_dim(wh: Warehouse, run: str) -> int:
+    """The widest layer of a run (the model facts' hidden and conv widths; 1024 if unknown)."""
+    model = _facts(wh, run).get("model", {})
+    return max(model.get("hidden_size", 0), model.get("conv_dim", 0)) or 1024
+
+
+def cka_matrix(wh: Warehouse, con, run: str, other: str, n: int, seed: int) -> pa.Table:
+    """Linear CKA of every layer of `run` × every layer of `other` on one shared sample of ≤ n frames."""
+    layers = {r: sorted(_facts(wh, r)["layers"]) for r in (run, other)}
+    keys = query(wh.root, "compare_shared_keys", {"run": run, "layer": layers[run][0], "other": other,
+                                                  "other_layer": layers[other][0], "n": n, "seed": seed}, con=con)
+    if keys.num_rows < 4:
+        raise ValueError(f"runs {run!r} and {other!r} share {keys.num_rows} frames; CKA needs at least 4")
+    con.register("compare_keys", keys)
+    t0 = time.perf_counter()
+    rows = []
+    with threadpool_limits(1 if keys.num_rows * max_dim(wh, run) * max_dim(wh, other) < SMALL_PRODUCT else None,
+                           user_api="blas"):
+        others = {layer: _layer_sample(wh, con, other, layer, keys) for layer in layers[other]}
+        for layer in layers[run]:
+            a = _layer_sample(wh, con, run, layer, keys)
+            for other_layer, b in others.items():
+                biased, debiased = cka_pair(a, b)
+                rows.append({"layer": layer, "other_layer": other_layer, "value": biased,
+                             "value_debiased": debiased, "n": keys.num_rows})
+    log.info("CKA %s × %s: %d × %d layers on %d frames in %.1f s", run, other, len(layers[run]), len(others),
+             keys.num_rows, time.perf_counter() - t0)
+    return pa.Table.from_pylist(rows, schema=CKA_SCHEMA)
+
+
+def agreement(wh: Warehouse, con, run: str, other: str, k: int, tier: str = "phone") -> pa.Table:
+    """Per layer both runs clustered with k for `tier`: agreement of the two clusterings on every shared frame."""
+    cells = query(wh.root, "compare_contingency", {"run": run, "other": other, "k": k, "tier": tier}, con=con)
+    layer = cells["layer"].to_numpy()
+    a, b = cells["cluster"].to_numpy().astype(np.int64), cells["other_cluster"].to_numpy().astype(np.int64)
+    counts = cells["n_frames"].to_numpy().astype(np.int64)
+    rows = []
+    for value in np.unique(layer):
+        pick = layer == value
+        table = np.zeros((a[pick].max() + 1, b[pick].max() + 1), np.int64)
+        np.add.at(table, (a[pick], b[pick]), counts[pick])
+        scores = M.contingency_metrics(table) | {"ari": adjusted_rand_index(table)}
+        n = int(table.sum())
+        rows += [{"layer": int(value), "k": k, "metric": m, "value": float(scores[m]), "n": n, "tier": tier}
+                 for m in AGREEMENT_METRICS]
+    return pa.Table.from_pylist(rows, schema=AGREEMENT_SCHEMA)
+
+
+def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: int = 0, k: int | None = None,
+            tier: str | None = None) -> dict:
+    """Compare run A with run B on the same utterances → tables `cka` and `run_agreement` (under run A).
+
+    runs: (A, B) or "A,B". n: frames in the CKA sample (at most; every shared frame if fewer).
+    seed: picks the sample. k: the k-means of both runs to compare (default: the largest k both
+    analysed; none: CKA only). tier: the label tier whose k-means to compare (default: every tier
+    both runs clustered with k). Returns what was written: the two tables and the parameters.
+    """
+    run, other = _pair(runs)
+    if n < 4:
+        raise ValueError(f"n = {n}: CKA needs a sample of at least 4 frames")
+    if tier is not None:
+        check_tier_name(tier)
+    t0 = time.perf_counter()
+    wh = Warehouse(warehouse)
+    for name in (run, other):
+        _facts(wh, name)
+    con = wh.connect()
+    tiered_views(con)
+    shared = check_comparable(wh, run, other, con)
+    k = common_k(wh, run, other, k)
+    tiers = common_tiers(wh, run, other, k, tier) if k is not None else []
+    cka = cka_matrix(wh, con, run, other, n, seed)
+    t_cka = time.perf_counter() - t0
+    agree = pa.concat_tables([AGREEMENT_SCHEMA.empty_table()] + [agreement(wh, con, run, other, k, t) for t in tiers])
+    files = [wh.write("cka", cka, run, 0, other=other), wh.write("run_agreement", agree, run, 0, other=other)]
+    params = {"run": run, "other": other, "n": n, "seed": seed, "k": k, "tiers": tiers}
+    seconds = {"cka_s": round(t_cka, 3), "total_s": round(time.perf_counter() - t0, 3)}
+    n_frames = cka["n"][0].as_py()
+    wh.commit(run, f"compare.{other}", 0, files, params=params, fingerprint=fingerprint(params), k=k,
+              frames=n_frames, shared_utterances=shared["n_shared"], **seconds)
+    log.info("compare %s with %s: %d frames, k = %s, %.1f s", run, other, n_frames, k, seconds["total_s"])
+    return {**params, "frames": n_frames, "shared_utterances": shared["n_shared"], "cka": cka,
+            "agreement": agree, **seconds}

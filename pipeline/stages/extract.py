@@ -1,0 +1,534 @@
+"""Stage 2: corpus → model → `frames` (one row per run, layer, utterance, frame) + corpus tables.
+
+Per rank: stream this rank's shards (shard % world_size == rank), decode them in a background
+thread, run the model in length-bucketed batches, and hand each finished shard to a writer
+thread, which writes one file per layer plus the corpus tables and then commits the shard.
+A shard is visible only after its commit, so a process killed at any point leaves either a
+committed shard or nothing that readers trust; a rerun skips committed shards and redoes the rest.
+An utterance longer than one model window (30 s) is streamed: each window's frames go straight
+to the shard's per-layer Parquet writers, so memory does not grow with the recording's length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.warehouse import schemas
+from pipeline.algorithms.geometry import FrameGeometry
+from pipeline.stages.ingest import (
+    SHARD_SIZE,
+    Prepared,
+    QuarantineRow,
+    committed_ids,
+    corpus_fingerprint,
+    ensure_run_facts,
+    iter_shards,
+    prepare_shard,
+    write_corpus_tables,
+)
+from pipeline.corpus.sources import SourceSpec
+from pipeline.warehouse import FileRecord, Warehouse, fingerprint
+
+log = logging.getLogger(__name__)
+
+# a streamed recording buffers at most one row group per layer: 4 MiB keeps that far below the recording's
+# own samples (32 MiB per layer grew with the recording up to ~200 MB on a 1-hour one)
+STREAM_ROW_GROUP_BYTES = 4 * 1024 * 1024
+MAX_BATCH_SAMPLES = 16_000 * 160  # padded audio per forward pass: 160 s, ~0.6 GB of activations for base on CPU
+
+
+@dataclass
+class ExtractConfig:
+    """The parameters of `extract`; the CLI's flags are these names."""
+
+    run: str
+    model: str = "default"
+    format: str = "embedded"
+    corpus: str | None = None
+    split: str | None = None
+    id_column: str = "id"
+    limit: int | None = None
+    layers: str = "all"
+    warehouse: str = "storage"
+    device: str = "auto"
+    dtype: str = "float16"  # stored vectors
+    precision: str = "auto"  # compute: float32 on CPU, bfloat16 autocast on CUDA
+    shard_size: int = SHARD_SIZE
+    max_batch_samples: int = MAX_BATCH_SAMPLES
+    max_batch_size: int = 32
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Counts:
+    shards: int = 0
+    skipped_shards: int = 0
+    utterances: int = 0
+    quarantined: int = 0
+    frames: int = 0
+    bytes: int = 0
+    audio_s: float = 0.0
+    model_s: float = 0.0
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, other: "Counts") -> None:
+        for name in ("shards", "skipped_shards", "utterances", "quarantined", "frames", "bytes", "audio_s", "model_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> str:
+        rtf = self.audio_s / self.wall_s if self.wall_s else 0.0
+        return (
+            f"done: {self.utterances} utterances ({self.audio_s / 3600:.3f} h) in {self.shards} shards "
+            f"({self.skipped_shards} already committed), {self.quarantined} quarantined, "
+            f"{self.frames} frames × layers written, {self.bytes / 1e6:.1f} MB, "
+            f"{self.wall_s:.1f} s ({rtf:.1f}× real time)"
+        )
+
+
+def frame_labels(segments, tier: str, centres_s: np.ndarray) -> list[str | None]:
+    """Label of the interval of `tier` holding each frame centre: start inclusive, end exclusive."""
+    tier_segments = sorted((s for s in segments if s.tier == tier), key=lambda s: s.start_s)
+    if not tier_segments:
+        return [None] * len(centres_s)
+    starts = np.array([s.start_s for s in tier_segments])
+    ends = np.array([s.end_s for s in tier_segments])
+    labels = np.array([s.label for s in tier_segments], dtype=object)
+    idx = np.searchsorted(starts, centres_s, side="right") - 1
+    inside = (idx >= 0) & (centres_s < ends[np.clip(idx, 0, None)])
+    out = np.where(inside, labels[np.clip(idx, 0, None)], None)
+    return out.tolist()
+
+
+def frames_tables(
+    prepared: list[Prepared], outputs: list[dict[int, np.ndarray]], dims: dict[int, int], geometry: FrameGeometry,
+    dtype: str, first_frames: list[int] | None = None,
+) -> dict[int, pa.Table]:
+    """One table per layer, rows sorted by utterance and frame. `first_frames`: the frame index of
+    each output's first row (a window of a streamed utterance), else 0."""
+    order = sorted(range(len(prepared)), key=lambda i: prepared[i].utterance.utterance_id)
+    ids, frames, times, phones, words = [], [], [], [], []
+    for i in order:
+        n = next(iter(outputs[i].values())).shape[0]
+        first = first_frames[i] if first_frames else 0
+        index = np.arange(first, first + n, dtype=np.int32)
+        centres = geometry.frame_centres_s(index)
+        ids.append(np.full(n, prepared[i].utterance.utterance_id, dtype=object))
+        frames.append(index)
+        times.append(centres.astype(np.float32))
+        phones += frame_labels(prepared[i].segments, "phone", centres)
+        words += frame_labels(prepared[i].segments, "word", centres)
+    columns = {
+        "utterance_id": pa.array(np.concatenate(ids) if ids else [], pa.string()),
+        "frame": pa.array(np.concatenate(frames) if frames else [], pa.int32()),
+        "time_s": pa.array(np.concatenate(times) if times else [], pa.float32()),
+        "phone": pa.array(phones, pa.string()),
+        "word": pa.array(words, pa.string()),
+    }
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    tables = {}
+    for layer, dim in dims.items():
+        flat = np.concatenate([outputs[i][layer] for i in order]).astype(np_dtype, copy=False) if order else np.zeros((0, dim), np_dtype)
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim)
+        tables[layer] = pa.Table.from_arrays([*columns.values(), vector], schema=schemas.frames_schema(dim, dtype))
+    return tables
+
+
+class ModelOutOfMemory(RuntimeError):
+    """The model ran out of memory on an utterance even alone: its shard is not committed."""
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A transient failure (it depends on what else is in memory), never a property of the utterance."""
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def run_model(loaded, prepared: list[Prepared], layers: list[int], cfg: ExtractConfig,
+              shard: int | None = None) -> tuple[list[dict], list[int]]:
+    """Model outputs for each prepared utterance (the exception where the model failed), bucketed by length.
+
+    A failed batch is retried one utterance at a time. A deterministic error there is that
+    utterance's `model_error`; out of memory is retried once more and then raises ModelOutOfMemory,
+    so that the shard is not committed with a quarantine a rerun would never retry."""
+    from pipeline.model import extract as model_extract, length_buckets
+
+    outputs: list[dict | BaseException | None] = [None] * len(prepared)
+    failed: list[int] = []
+    lengths = [len(p.wave) for p in prepared]
+    for bucket in length_buckets(lengths, cfg.max_batch_samples, cfg.max_batch_size):
+        try:
+            result = model_extract(loaded, [prepared[i].wave for i in bucket], layers)
+            for i, r in zip(bucket, result):
+                outputs[i] = r
+        except Exception as err:  # retry one at a time so that one bad utterance does not take the batch
+            log.warning("a batch of %d utterances failed (%s: %s); retrying them one at a time",
+                        len(bucket), type(err).__name__, err)
+            _free_memory()
+            for i in bucket:
+                outputs[i] = _run_alone(loaded, prepared[i], layers, cfg, shard)
+                if isinstance(outputs[i], BaseException):
+                    failed.append(i)
+    return outputs, failed
+
+
+def _run_alone(loaded, p: Prepared, layers: list[int], cfg: ExtractConfig, shard: int | None,
+               attempts: int = 2) -> dict | BaseException:
+    """One utterance's outputs, or its deterministic error; out of memory `attempts` times raises."""
+    from pipeline.model import extract as model_extract
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return model_extract(loaded, [p.wave], layers)[0]
+        except Exception as err:  # noqa: BLE001 - recorded in quarantine unless transient
+            if not _is_out_of_memory(err):
+                return err
+            _free_memory()
+            if attempt == attempts:
+                raise _out_of_memory_error(cfg, shard, p, err) from err
+
+
+def _out_of_memory_error(cfg: ExtractConfig, shard: int | None, p: Prepared, err: BaseException,
+                         streamed: bool = False) -> ModelOutOfMemory:
+    what_to_do = ("it runs one window of 30 s at a time already: free memory on the device, or use --device cpu"
+                  if streamed else f"lower --max-batch-samples (now {cfg.max_batch_samples}) or free memory on the "
+                  "device first")
+    return ModelOutOfMemory(
+        f"run {cfg.run!r}, shard {shard}: the model ran out of memory on utterance {p.utterance.utterance_id!r} "
+        f"({p.utterance.duration_s:.1f} s) even alone ({type(err).__name__}: {err}). The shard is not committed: "
+        f"rerunning the same command redoes it; {what_to_do}."
+    )
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _StreamFailed(Exception):
+    """The model failed on utterance `index` of a streamed shard (`err`); its blocks are not kept."""
+
+    def __init__(self, index: int, err: BaseException):
+        super().__init__(f"utterance {index}: {err!r}")
+        self.index, self.err = index, err
+
+
+def _stream_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],
+                   outputs: dict[int, dict], streamed: list[int], layers: list[int],
+                   dims: dict[int, int]) -> tuple[list[FileRecord], dict[int, BaseException]]:
+    """The frames files of a shard holding utterances longer than one window (`streamed`, indices
+    into `prepared`); `outputs` holds the other utterances' outputs by index. Returns the files and
+    the streamed utterances the model failed on (their `model_error`).
+
+    Each window's block goes straight to per-layer writers in the stored dtype, in the rows'
+    order (utterance, frame), so memory beyond the waveform is one normalised copy and a window.
+    A failure leaves nothing written (the writers are aborted) and the shard is written again
+    without that utterance; out of memory twice on one utterance raises ModelOutOfMemory."""
+    failed: dict[int, BaseException] = {}
+    out_of_memory: set[int] = set()
+    while True:
+        try:
+            todo = [i for i in streamed if i not in failed]
+            return _write_streamed(wh, cfg, shard, loaded, prepared, outputs, todo, layers, dims), failed
+        except _StreamFailed as f:
+            name = prepared[f.index].utterance.utterance_id
+            _free_memory()
+            if not _is_out_of_memory(f.err):
+                log.warning("shard %d: the model failed on %s (%r); quarantined as model_error", shard, name, f.err)
+                failed[f.index] = f.err
+            elif f.index in out_of_memory:
+                raise _out_of_memory_error(cfg, shard, prepared[f.index], f.err, streamed=True) from f.err
+            else:
+                log.warning("shard %d: out of memory on %s (%s); writing the shard again", shard, name, f.err)
+                out_of_memory.add(f.index)
+
+
+def _write_streamed(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],
+                    outputs: dict[int, dict], streamed: list[int], layers: list[int],
+                    dims: dict[int, int]) -> list[FileRecord]:
+    geometry = loaded.geometry
+    order = sorted([*outputs, *streamed], key=lambda i: prepared[i].utterance.utterance_id)
+    with contextlib.ExitStack() as stack:
+        writers = {layer: stack.enter_context(wh.open_writer("frames", cfg.run, shard,
+                                                             schemas.frames_schema(dim, cfg.dtype),
+                                                             row_group_bytes=STREAM_ROW_GROUP_BYTES, layer=layer))
+                   for layer, dim in dims.items()}
+
+        def write(items: list[Prepared], blocks: list[dict], first_frames: list[int] | None = None) -> None:
+            for layer, table in frames_tables(items, blocks, dims, geometry, cfg.dtype, first_frames).items():
+                writers[layer].write(table)
+
+        batched: list[int] = []  # consecutive utterances with outputs in memory: one table
+        for i in order:
+            if i in outputs:
+                batched.append(i)
+                continue
+            if batched:
+                write([prepared[j] for j in batched], [outputs[j] for j in batched])
+                batched = []
+            for first, block in _model_blocks(loaded, prepared[i], layers, i):
+                write([prepared[i]], [block], [first])
+        if batched:
+            write([prepared[j] for j in batched], [outputs[j] for j in batched])
+        return [writers[layer].close() for layer in dims]
+
+
+def _model_blocks(loaded, p: Prepared, layers: list[int], index: int) -> Iterator[tuple[int, dict]]:
+    """`model.extract_windows`, its errors (not the caller's) as _StreamFailed."""
+    from pipeline.model import extract_windows
+
+    try:
+        blocks = iter(extract_windows(loaded, p.wave, layers))
+    except Exception as err:  # noqa: BLE001 - the caller decides: quarantine, retry or raise
+        raise _StreamFailed(index, err) from err
+    while True:
+        try:
+            block = next(blocks, None)
+        except Exception as err:  # noqa: BLE001
+            raise _StreamFailed(index, err) from err
+        if block is None:
+            return
+        yield block
+        block = None
+        _release_free_heap()
+
+
+def _release_free_heap() -> None:
+    """Hand the C heap's free memory back to the system between two windows. glibc keeps what a
+    window's forward pass freed (its mmap threshold rises to the largest tensor freed, up to 32 MB),
+    and the next window's peak comes on top: ~110 MB more per window pass, measured with the default
+    model (bench/long_recording.py). malloc_trim is glibc's; elsewhere this does nothing."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the running process's symbols: glibc's, where it is glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run `iterator` in a background thread (decoding overlaps the model); re-raise its errors."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put(err)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class _Writer:
+    """Writes and commits finished shards in a background thread, in order; bounded queue."""
+
+    def __init__(self, wh: Warehouse, run: str, rank: int, facts_sha: str):
+        self.wh, self.run, self.rank, self.facts_sha = wh, run, rank, facts_sha
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.bytes = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def put(self, job) -> None:
+        if self.error:
+            raise self.error
+        self.q.put(job)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+    def _loop(self) -> None:
+        while (job := self.q.get()) is not None:
+            if self.error:
+                continue
+            try:
+                shard, ids, prepared, bad, tables, frame_files = job  # frames: tables to write, or files written
+                files = write_corpus_tables(self.wh, self.run, shard, prepared, bad)
+                files += [self.wh.write("frames", t, self.run, shard, layer=layer) for layer, t in tables.items()]
+                files += frame_files
+                self.wh.commit(self.run, "extract", shard, files, rank=self.rank, items=len(ids),
+                               ids_sha256=fingerprint(ids), facts_sha256=self.facts_sha)
+                self.bytes += sum(f.bytes for f in files)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self.error = err
+
+
+def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None = None) -> Counts:
+    """Extract every chosen layer of every frame of a corpus into the warehouse (this rank's share)."""
+    from pipeline.model import load_model, parse_layers
+
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    started = time.perf_counter()
+    wh = Warehouse(cfg.warehouse)
+    device = cfg.device
+    if device in ("auto", "cuda") and world_size > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if _cuda() else "cpu"
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bfloat16" if str(device).startswith("cuda") or (device == "auto" and _cuda()) else "float32"
+    loaded = load_model(cfg.model, device=device, dtype=precision, cache_dir=wh.root / "_models")
+    layers = parse_layers(cfg.layers, loaded.num_layers)
+    spec = SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit)
+    facts = {
+        **spec.facts(),
+        "corpus_fingerprint": corpus_fingerprint(spec),
+        "shard_size": cfg.shard_size,
+        "model": loaded.facts(),
+        "layers": layers,
+        "dtype": cfg.dtype,
+        "geometry": loaded.geometry.as_dict(),
+    }
+    _barrier_setup(world_size)
+    if rank == 0:
+        if cfg.overwrite:
+            wh.drop_run(cfg.run)
+        facts = ensure_run_facts(wh, cfg.run, facts)
+    _barrier(world_size)
+    facts = ensure_run_facts(wh, cfg.run, facts)
+    committed = committed_ids(wh, cfg.run, "extract")
+    done = frozenset(committed)
+    counts = Counts(skipped_shards=sum(1 for s in done if s % world_size == rank))
+    dims = {layer: loaded.layer_dim(layer) for layer in layers}
+    writer = _Writer(wh, cfg.run, rank, fingerprint(facts))
+    min_samples = loaded.geometry.receptive_field_samples
+
+    def decoded():
+        for shard, items in iter_shards(spec, cfg.shard_size, rank, world_size, done, verify=committed, run=cfg.run):
+            yield shard, [it.utterance_id for it in items], *prepare_shard(items, "extract", min_samples)
+
+    bar = _progress(cfg.progress and rank == 0, cfg.limit)
+    try:
+        for shard, ids, prepared, bad in _prefetch(decoded()):
+            t0 = time.perf_counter()
+            prepared, tables, frame_files = _shard_frames(wh, cfg, shard, loaded, prepared, bad, layers, dims)
+            counts.model_s += time.perf_counter() - t0
+            writer.put((shard, ids, prepared, bad, tables, frame_files))
+            counts.shards += 1
+            counts.utterances += len(prepared)
+            counts.quarantined += len(bad)
+            counts.frames += sum(t.num_rows for t in tables.values()) + sum(f.rows for f in frame_files)
+            counts.audio_s += sum(p.utterance.duration_s for p in prepared)
+            if bar is not None:
+                bar.update(len(ids))
+                elapsed = time.perf_counter() - started
+                bar.set_postfix_str(f"{counts.audio_s / 3600:.3f} h audio, {counts.audio_s / elapsed:.1f}× real time")
+    except BaseException:
+        with contextlib.suppress(BaseException):  # commit the shards finished before the error
+            writer.close()
+        raise
+    writer.close()
+    if bar is not None:
+        bar.close()
+    counts.bytes = writer.bytes
+    counts.wall_s = time.perf_counter() - started
+    return _gather(counts, world_size)
+
+
+def _shard_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],
+                  bad: list[QuarantineRow], layers: list[int], dims: dict[int, int],
+                  ) -> tuple[list[Prepared], dict[int, pa.Table], list[FileRecord]]:
+    """Run the model on one shard: (the utterances kept, frames tables to write, frames files written).
+
+    Utterances that fit one window run batched and their tables are written by the writer thread;
+    a shard with a longer one writes its frames here, streamed (`_stream_frames`). Model failures
+    are appended to `bad` as `model_error`."""
+    from pipeline.model import n_windows
+
+    streamed = [i for i, p in enumerate(prepared) if n_windows(loaded, len(p.wave)) > 1]
+    batched = sorted(set(range(len(prepared))) - set(streamed))
+    results, failed_batched = run_model(loaded, [prepared[i] for i in batched], layers, cfg, shard)
+    errors = {batched[j]: results[j] for j in failed_batched}
+    outputs = {i: r for i, r in zip(batched, results) if i not in errors}
+    tables: dict[int, pa.Table] = {}
+    frame_files: list[FileRecord] = []
+    if streamed:
+        frame_files, stream_errors = _stream_frames(wh, cfg, shard, loaded, prepared, outputs, streamed, layers, dims)
+        errors.update(stream_errors)
+    for i, err in errors.items():
+        bad.append(QuarantineRow(prepared[i].utterance.utterance_id, "extract", "model_error", repr(err)[:500]))
+    kept = [i for i in range(len(prepared)) if i not in errors]
+    if not streamed:
+        tables = frames_tables([prepared[i] for i in kept], [outputs[i] for i in kept], dims, loaded.geometry,
+                               cfg.dtype)
+    return [prepared[i] for i in kept], tables, frame_files
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _progress(enabled: bool, total: int | None):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="utt", desc="extract", dynamic_ncols=True)
+
+
+def _barrier_setup(world_size: int) -> None:
+    """torchrun: a process group for barriers and the final tally (gloo works on CPU and GPU)."""
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather(counts: Counts, world_size: int) -> Counts:
+    if world_size <= 1:
+        return counts
+    import torch.distributed as dist
+
+    everyone: list[Counts | None] = [None] * world_size
+    dist.all_gather_object(everyone, counts)
+    total = Counts(wall_s=max(c.wall_s for c in everyone))
+    for c in everyone:
+        total.add(c)
+    return total

@@ -1,0 +1,232 @@
+"""Stage 4: 2-D maps of one layer's frames (PCA, t-SNE, UMAP) → the `reductions` table.
+
+PCA is fitted on every frame of the layer, streamed file by file (exact, one pass: sums of x and
+xᵀx; memory is one batch + d²), so its axes describe the whole layer, not the sample. The maps themselves are drawn for a
+balanced sample (`sql/balanced_sample.sql`: at most `per_label` frames per label, picked by a seeded
+hash), the same frames for every layer and method of a run, so maps can be set side by side.
+t-SNE and UMAP run on the sample's PCA coordinates (`pca_dims`, 50 by default), the usual
+pre-reduction that removes noise dimensions and makes the neighbour search cheap.
+
+Table (Hive partitions after `run`):
+    reductions/run/layer/method/part-00000   utterance_id, frame, label, x, y
+The commit record (`reduce.<method>`, shard = layer) holds every parameter and the PCA's
+explained variance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.stages.analyze import layer_files, vectors
+from pipeline.warehouse.schemas import check_tier_name
+from pipeline.sql import query
+from pipeline.warehouse import Warehouse, fingerprint
+
+log = logging.getLogger(__name__)
+
+METHODS = ("pca", "tsne", "umap")
+REDUCTIONS_SCHEMA = pa.schema([
+    ("utterance_id", pa.string()),
+    ("frame", pa.int32()),
+    ("label", pa.string()),  # label of the sample's tier (phone by default)
+    ("x", pa.float32()),
+    ("y", pa.float32()),
+])
+PCA_BATCH_FRAMES = 16_384  # 16k × 1024-d as float64 = 128 MB per step
+
+_pca_cache: dict[str, "StreamingPCA"] = {}
+
+
+def per_label_for(counts: dict[str, int], n: int) -> int:
+    """The largest p with sum(min(count, p)) <= n: the balanced sample then has at most n frames."""
+    if not counts or n <= 0:
+        return 0
+    lo, hi = 0, max(counts.values())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(c, mid) for c in counts.values()) <= n:
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, 1)
+
+
+class StreamingPCA:
+    """Exact PCA of a stream of batches in one pass: float64 sums of x and xᵀx (shifted by the first
+    batch's mean, so large feature means do not cancel digits away), then one eigendecomposition.
+
+    Memory is d² doubles (8 MB for d = 1024); the result does not depend on the batch size, and
+    equals a full SVD of all frames to rounding. scikit-learn's IncrementalPCA, which the sketch of
+    this stage named, approximates the same thing with an SVD per batch (several times slower).
+    Attributes follow scikit-learn's PCA: components_, mean_, explained_variance_(ratio_),
+    n_components_, n_samples_seen_.
+    """
+
+    def __init__(self, n_components: int):
+        self.n_components = n_components
+        self.n_samples_seen_ = 0
+        self._shift = self._sum = self._gram = None
+
+    def partial_fit(self, x: np.ndarray) -> "StreamingPCA":
+        if self._shift is None:
+            self._shift = x.astype(np.float64).mean(axis=0)
+            self._sum = np.zeros_like(self._shift)
+            self._gram = np.zeros((len(self._shift), len(self._shift)))
+        xs = x.astype(np.float64) - self._shift
+        self.n_samples_seen_ += len(xs)
+        self._sum += xs.sum(axis=0)
+        self._gram += xs.T @ xs
+        return self
+
+    def finish(self) -> "StreamingPCA":
+        n = self.n_samples_seen_
+        if n < 2:
+            raise ValueError(f"a PCA needs at least 2 frames, got {n}")
+        mean = self._sum / n
+        cov = (self._gram - n * np.outer(mean, mean)) / (n - 1)
+        values, vectors_ = np.linalg.eigh(cov)
+        order = np.argsort(values)[::-1]
+        values, vectors_ = np.clip(values[order], 0, None), vectors_[:, order]
+        k = min(self.n_components, len(values))
+        components = vectors_[:, :k].T
+        signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])  # deterministic signs
+        self.components_ = components * signs[:, None]
+        self.mean_ = self._shift + mean
+        self.explained_variance_ = values[:k]
+        total = values.sum()
+        self.explained_variance_ratio_ = values[:k] / total if total > 0 else np.zeros(k)
+        self.n_components_ = k
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float64) - self.mean_) @ self.components_.T
+
+
+def fit_pca(wh: Warehouse, run: str, layer: int, n_components: int = 50,
+            batch_frames: int = PCA_BATCH_FRAMES) -> StreamingPCA:
+    """PCA of every committed frame of one layer, streamed file by file (memory: one batch + d²).
+
+    Cached per process by the layer's files (paths and modification times), so the t-SNE and UMAP
+    of a layer reuse the PCA fitted for it."""
+    files = layer_files(wh, run, layer)
+    if not files:
+        raise ValueError(f"run {run!r} has no committed frames of layer {layer} in {wh.root}: run `extract` first")
+    key = fingerprint([str(wh.root.resolve()), run, layer, n_components,
+                       [(f, (wh.root / f).stat().st_mtime_ns) for f in files]])
+    if key in _pca_cache:
+        return _pca_cache[key]
+    pca = StreamingPCA(n_components)
+    for path in files:
+        for batch in pq.ParquetFile(wh.root / path).iter_batches(batch_size=batch_frames, columns=["vector"]):
+            pca.partial_fit(vectors(batch.column("vector")))
+    if pca.n_samples_seen_ < 2:
+        raise ValueError(f"run {run!r} layer {layer}: {pca.n_samples_seen_} frames, too few for a PCA")
+    _pca_cache[key] = pca.finish()
+    return _pca_cache[key]
+
+
+def _tsne(z: np.ndarray, perplexity: float, seed: int) -> tuple[np.ndarray, dict]:
+    perplexity = float(min(perplexity, max(1.0, (len(z) - 1) / 3)))
+    try:
+        import openTSNE  # FFT-accelerated, multi-threaded: ~10× scikit-learn's Barnes-Hut at 50k points
+
+        emb = openTSNE.TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed,
+                            n_jobs=1, verbose=False).fit(z)
+        return np.asarray(emb, np.float32), {"tsne_impl": f"openTSNE {openTSNE.__version__}", "perplexity": perplexity}
+    except ImportError:
+        import sklearn
+        from sklearn.manifold import TSNE
+
+        emb = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method="barnes_hut",
+                   random_state=seed).fit_transform(z)
+        return emb.astype(np.float32), {"tsne_impl": f"scikit-learn {sklearn.__version__} barnes_hut",
+                                        "perplexity": perplexity}
+
+
+def _umap(z: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> tuple[np.ndarray, dict]:
+    import umap
+
+    n_neighbors = int(min(n_neighbors, len(z) - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # umap warns that a random_state forces one thread: that is the point
+        emb = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
+                        n_jobs=1).fit_transform(z)
+    return emb.astype(np.float32), {"umap_impl": f"umap-learn {umap.__version__}", "n_neighbors": n_neighbors,
+                                    "min_dist": min_dist}
+
+
+def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int = 5000, seed: int = 0,
+           per_label: int | None = None, tier: str = "phone", pca_dims: int = 50, perplexity: float = 30.0,
+           n_neighbors: int = 15, min_dist: float = 0.1) -> dict:
+    """2-D coordinates of a balanced sample of one layer's frames → `reductions` (run, layer, method).
+
+    n: the sample's size bound (per_label is derived from it; per_label given wins).
+    PCA is fitted on every frame of the layer; t-SNE / UMAP run on the sample's first `pca_dims`
+    PCA coordinates. The same (run, n or per_label, seed, tier) picks the same frames for every
+    layer and method. Deterministic given seed. Returns what was done (rows, parameters, seconds).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown reduction method {method!r}: use one of {', '.join(METHODS)}")
+    check_tier_name(tier)
+    wh = Warehouse(warehouse)
+    t0 = time.perf_counter()
+    pca = fit_pca(wh, run, layer, pca_dims)
+    t_pca = time.perf_counter() - t0
+    con = wh.connect()
+    if per_label is None:
+        counts = query(wh.root, "report_label_counts", {"run": run, "layer": layer, "tier": tier}, con=con)
+        per_label = per_label_for(dict(zip(counts["label"].to_pylist(), counts["n_frames"].to_pylist())), n)
+    sample = query(wh.root, "balanced_sample", {"run": run, "layer": layer, "per_label": per_label, "seed": seed, "by": "",
+                                                "tier": tier}, con=con)
+    if sample.num_rows < 3:
+        raise ValueError(f"run {run!r} layer {layer}: the balanced sample has {sample.num_rows} labelled frames; "
+                         f"a map needs at least 3 (are the frames labelled on tier {tier!r}?)")
+    z = pca.transform(vectors(sample["vector"])).astype(np.float32)
+    t1 = time.perf_counter()
+    params: dict = {"n": n, "per_label": per_label, "seed": seed, "tier": tier, "pca_dims": int(pca.n_components_),
+                    "pca_frames": int(pca.n_samples_seen_)}
+    if method == "pca":
+        xy = z[:, :2] if z.shape[1] >= 2 else np.column_stack([z[:, 0], np.zeros(len(z), np.float32)])
+    elif method == "tsne":
+        xy, extra = _tsne(z, perplexity, seed)
+        params |= extra
+    else:
+        xy, extra = _umap(z, n_neighbors, min_dist, seed)
+        params |= extra
+    evr = [float(v) for v in pca.explained_variance_ratio_]
+    table = pa.table({
+        "utterance_id": sample["utterance_id"],
+        "frame": sample["frame"].cast(pa.int32()),
+        "label": sample["label"].cast(pa.string()),
+        "x": pa.array(xy[:, 0], pa.float32()),
+        "y": pa.array(xy[:, 1], pa.float32()),
+    }, schema=REDUCTIONS_SCHEMA)
+    files = [wh.write("reductions", table, run, 0, layer=layer, method=method)]
+    seconds = {"pca_fit_s": round(t_pca, 3), "embed_s": round(time.perf_counter() - t1, 3),
+               "total_s": round(time.perf_counter() - t0, 3)}
+    info = {"params": params, "explained_variance_2d": sum(evr[:2]), "explained_variance_pca_dims": sum(evr),
+            **seconds}
+    wh.commit(run, f"reduce.{method}", layer, files, fingerprint=fingerprint(params), **info)
+    log.info("reduce %s layer %s %s: %d frames in %.1f s", run, layer, method, table.num_rows, seconds["total_s"])
+    return {"run": run, "layer": layer, "method": method, "rows": table.num_rows, "path": files[0].path, **info}
+
+
+def reduce_many(run: str, layers: str = "all", methods: str = "pca", warehouse: str = "storage", **kwargs) -> list[dict]:
+    """`reduce` for several layers ('all', '-1,6,12', '8-12') and methods ('pca,tsne,umap') of a run."""
+    from pipeline.model import parse_layers
+
+    facts = Warehouse(warehouse).read_facts(run) or {}
+    if not facts.get("layers"):
+        raise ValueError(f"run {run!r} has no extracted frames in {warehouse}: run `extract` first")
+    wanted = facts["layers"] if layers == "all" else parse_layers(layers, max(facts["layers"]))
+    missing = sorted(set(wanted) - set(facts["layers"]))
+    if missing:
+        raise ValueError(f"layers {missing} were not extracted for run {run!r} (it has {facts['layers']})")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    return [reduce(run, layer, method, warehouse=warehouse, **kwargs) for method in names for layer in wanted]
