@@ -119,7 +119,7 @@ def test_frame_intervals_hold_their_centres_and_end_inside_the_audio(rf, hop, ex
     n_samples = rf + extra * hop // 7
     n = geo.n_frames(n_samples)
     frames = np.arange(n)
-    start, end = ctc.frame_bounds_s(frames, geo)
+    start, end = geo.frame_bounds_s(frames)
     centres = geo.frame_centres_s(frames)
     assert ((start <= centres) & (centres < end)).all()
     assert np.allclose(end[:-1], start[1:], rtol=0, atol=1e-12)  # frames tile time
@@ -128,7 +128,7 @@ def test_frame_intervals_hold_their_centres_and_end_inside_the_audio(rf, hop, ex
 
 
 def test_wav2vec2_frame_bounds():
-    start, end = ctc.frame_bounds_s([0, 1], GEO)
+    start, end = GEO.frame_bounds_s([0, 1])
     assert start.tolist() == [40 / 16000, 360 / 16000] and end.tolist() == [360 / 16000, 680 / 16000]
 
 
@@ -158,7 +158,7 @@ def test_char_and_word_segments():
     assert [(c.label, c.tier, c.source) for c in chars] == [
         ("H", "ctc_char", "ctc_forced"), ("I", "ctc_char", "ctc_forced"), ("|", "ctc_char", "ctc_forced"),
         ("H", "ctc_char", "ctc_forced")]
-    start, end = ctc.frame_bounds_s(np.arange(len(path)), GEO)
+    start, end = GEO.frame_bounds_s(np.arange(len(path)))
     assert (chars[0].start_s, chars[0].end_s) == (start[1], end[2])
     assert (chars[3].start_s, chars[3].end_s) == (start[8], end[8])
     words = ctc.word_segments(chars)

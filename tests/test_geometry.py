@@ -114,3 +114,37 @@ def test_rejects_bad_stacks():
         FrameGeometry.from_conv([10, 3], [5])
     with pytest.raises(ValueError):
         FrameGeometry(0, 320, 16_000)
+
+
+def test_python_and_sql_label_frames_alike_at_every_boundary(tmp_path):
+    """The one rule, twice: geometry.labels_at (extract, analyze) and the SQL macro frame_labels agree,
+    intervals starting and ending exactly on frame centres included (start inclusive, end exclusive)."""
+    import pyarrow as pa
+
+    from pipeline.algorithms.geometry import labels_at
+    from pipeline.warehouse import Warehouse, schemas
+
+    geo, n = W2V, 60
+    wh = Warehouse(tmp_path)
+    wh.ensure_facts("g", {"geometry": geo.as_dict()})
+    centres = geo.frame_centres_s(np.arange(n))
+    # boundaries on centres, between centres and a gap: [c0, c3) a, [c3, c7) b, (gap), [mid(c9, c10), c20) c …
+    bounds = [(centres[0], centres[3], "a"), (centres[3], centres[7], "b"),
+              ((centres[9] + centres[10]) / 2, centres[20], "c"), (centres[20], centres[41] + 1e-12, "d"),
+              (centres[45], centres[59], "e")]
+    starts, ends, labels = zip(*bounds)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, 4)).astype(np.float16)
+    frames = pa.Table.from_arrays(
+        [pa.array(["u"] * n), pa.array(np.arange(n, dtype=np.int32)), pa.array(centres.astype(np.float32)),
+         pa.array([None] * n, pa.string()), pa.array([None] * n, pa.string()),
+         pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 4)],
+        schema=schemas.frames_schema(4, "float16"))
+    segments = pa.Table.from_pylist(
+        [{"utterance_id": "u", "tier": "t", "idx": i, "label": lab, "start_s": float(a), "end_s": float(b),
+          "source": "test"} for i, (a, b, lab) in enumerate(bounds)], schema=schemas.SEGMENTS)
+    wh.commit("g", "extract", 0, [wh.write("frames", frames, "g", 0, layer=1), wh.write("segments", segments, "g", 0)])
+    sql = wh.connect().sql("select frame, label from frame_labels('g', 't') where layer = 1 order by frame").fetchall()
+    python = labels_at(centres, starts, ends, labels)
+    assert [label for _, label in sql] == python.tolist() == geo.frame_labels(np.arange(n), starts, ends, labels).tolist()
+    assert python[3] == "b" and python[2] == "a" and python[7] is None and python[20] == "d" and python[59] is None

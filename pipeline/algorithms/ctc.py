@@ -5,7 +5,7 @@ blank. Greedy decoding takes the argmax per frame, then collapses runs of the sa
 drops blanks: [a a _ a b _ b] → "a a b b".
 
 Frame i of a model with receptive field rf and hop h (samples, 16 kHz; 400 and 320 for wav2vec2)
-is centred at (h i + rf / 2) / 16000 s (`FrameGeometry.frame_centre_s`). As an interval it covers
+is centred at (h i + rf / 2) / 16000 s (`FrameGeometry.frame_centre_s`). As an interval (`frame_bounds_s`) it covers
 [(h i + rf/2 - h/2) / 16000, (h i + rf/2 + h/2) / 16000): one hop around its centre, so frames
 tile time without gaps or overlaps (wav2vec2: frame 0 = [2.5 ms, 22.5 ms)), and, since h <= rf,
 the last frame ends inside the audio.
@@ -55,23 +55,15 @@ def collapse(frame_ids, blank: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- frames as intervals
 
 
-def frame_bounds_s(frames, geometry: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """(start_s, end_s) of frames: one hop centred on each frame's centre."""
-    frames = np.asarray(frames, dtype=np.int64)
-    hop, rate = geometry.hop_samples, geometry.sample_rate_hz
-    centre = hop * frames + geometry.receptive_field_samples / 2
-    return (centre - hop / 2) / rate, (centre + hop / 2) / rate
-
-
 def runs_to_segments(labels: Sequence[str], geometry: FrameGeometry, tier: str, source: str) -> list[Segment]:
-    """Per-frame labels → one interval per run of equal labels (frame bounds as `frame_bounds_s`)."""
+    """Per-frame labels → one interval per run of equal labels (frame bounds as `FrameGeometry.frame_bounds_s`)."""
     labels = list(labels)
     if not labels:
         return []
     starts = [0] + [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
     stops = starts[1:] + [len(labels)]
-    start_s, _ = frame_bounds_s(starts, geometry)
-    _, end_s = frame_bounds_s(np.asarray(stops) - 1, geometry)
+    start_s, _ = geometry.frame_bounds_s(starts)
+    _, end_s = geometry.frame_bounds_s(np.asarray(stops) - 1)
     return [Segment(tier, idx, labels[a], float(s), float(e), source)
             for idx, (a, s, e) in enumerate(zip(starts, start_s, end_s))]
 
@@ -182,8 +174,8 @@ def char_segments(alignment: ForcedAlignment, labels: Sequence[str], geometry: F
     its last frame's end; tier `ctc_char`, source `ctc_forced`."""
     if len(labels) != len(alignment.spans):
         raise ValueError(f"{len(labels)} labels for {len(alignment.spans)} aligned tokens")
-    start_s, _ = frame_bounds_s(alignment.spans[:, 0], geometry)
-    _, end_s = frame_bounds_s(alignment.spans[:, 1] - 1, geometry)
+    start_s, _ = geometry.frame_bounds_s(alignment.spans[:, 0])
+    _, end_s = geometry.frame_bounds_s(alignment.spans[:, 1] - 1)
     return [Segment(TIER_CHAR, i, lab, float(s), float(e), SOURCE_FORCED)
             for i, (lab, s, e) in enumerate(zip(labels, start_s, end_s))]
 

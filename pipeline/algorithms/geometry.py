@@ -82,6 +82,18 @@ class FrameGeometry:
         frames = np.asarray(frames, dtype=np.int64)
         return (self.hop_samples * frames + self.receptive_field_samples / 2) / self.sample_rate_hz
 
+    def frame_bounds_s(self, frames) -> tuple[np.ndarray, np.ndarray]:
+        """(start_s, end_s) of frames as intervals: one hop centred on each frame's centre (how CTC
+        labels, one per frame, become segments)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        hop, rate = self.hop_samples, self.sample_rate_hz
+        centre = hop * frames + self.receptive_field_samples / 2
+        return (centre - hop / 2) / rate, (centre + hop / 2) / rate
+
+    def frame_labels(self, frames, starts_s, ends_s, labels) -> np.ndarray:
+        """The label of the interval holding each frame's centre (`labels_at` of `frame_centres_s`)."""
+        return labels_at(self.frame_centres_s(frames), starts_s, ends_s, labels)
+
     def frames_for_interval(self, start_s: float, end_s: float, n_frames: int | None = None) -> range:
         """Frames whose centre lies in [start_s, end_s), clipped to [0, n_frames) when given.
 
@@ -108,3 +120,21 @@ class FrameGeometry:
     def as_dict(self) -> dict[str, int]:
         return {"receptive_field_samples": self.receptive_field_samples, "hop_samples": self.hop_samples,
                 "sample_rate_hz": self.sample_rate_hz}
+
+
+def labels_at(times_s, starts_s, ends_s, labels) -> np.ndarray:
+    """The label of the interval holding each time, start inclusive, end exclusive; None outside every
+    interval. Intervals must not overlap (checked at ingest); any order. The one Python definition of a
+    frame's label (times = frame centres); its SQL twin is the `frame_labels` macro in
+    sql/macros/frame_labels.sql, and tests/test_geometry.py checks that both agree."""
+    times = np.asarray(times_s, dtype=np.float64)
+    out = np.full(len(times), None, dtype=object)
+    if not len(starts_s):
+        return out
+    starts, ends = np.asarray(starts_s, dtype=np.float64), np.asarray(ends_s, dtype=np.float64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends, names = starts[order], ends[order], np.asarray(labels, dtype=object)[order]
+    idx = np.searchsorted(starts, times, side="right") - 1
+    inside = (idx >= 0) & (times < ends[np.clip(idx, 0, None)])
+    out[inside] = names[idx[inside]]
+    return out

@@ -163,9 +163,7 @@ def _segment_labels(con, root, run: str, tier: str, utterance_id: pa.Array, fram
         rows = np.flatnonzero(seg_utt == utt[a])
         if not len(rows):
             continue
-        i = np.searchsorted(starts[rows], t[a:b], side="right") - 1
-        hit = (i >= 0) & (t[a:b] < ends[rows][np.clip(i, 0, None)])
-        out[a:b][hit] = seg_labels[rows][i[hit]]
+        out[a:b] = labels_at(t[a:b], starts[rows], ends[rows], seg_labels[rows])
     return pa.array(out, pa.string())
 
 

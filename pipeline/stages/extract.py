@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.warehouse import schemas
-from pipeline.algorithms.geometry import FrameGeometry
+from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.stages.ingest import (
     SHARD_SIZE,
     Prepared,
@@ -100,17 +100,10 @@ class Counts:
 
 
 def frame_labels(segments, tier: str, centres_s: np.ndarray) -> list[str | None]:
-    """Label of the interval of `tier` holding each frame centre: start inclusive, end exclusive."""
-    tier_segments = sorted((s for s in segments if s.tier == tier), key=lambda s: s.start_s)
-    if not tier_segments:
-        return [None] * len(centres_s)
-    starts = np.array([s.start_s for s in tier_segments])
-    ends = np.array([s.end_s for s in tier_segments])
-    labels = np.array([s.label for s in tier_segments], dtype=object)
-    idx = np.searchsorted(starts, centres_s, side="right") - 1
-    inside = (idx >= 0) & (centres_s < ends[np.clip(idx, 0, None)])
-    out = np.where(inside, labels[np.clip(idx, 0, None)], None)
-    return out.tolist()
+    """Label of the interval of `tier` holding each frame centre (geometry.labels_at: start inclusive, end exclusive)."""
+    tier_segments = [s for s in segments if s.tier == tier]
+    return labels_at(centres_s, [s.start_s for s in tier_segments], [s.end_s for s in tier_segments],
+                     [s.label for s in tier_segments]).tolist()
 
 
 def frames_tables(

@@ -456,22 +456,3 @@ class Warehouse:
         con.execute(views_sql(self))
         tiered_views(con)
         return con
-
-
-# The label of every frame of a run on a tier, defined once for every query: `phone` and `word` are
-# columns of `frames`; any other tier (ctc_greedy, ctc_char, …) is the `segments` interval holding
-# the frame's centre, start inclusive, end exclusive, the centre computed in float64 from the frame
-# index and the run's geometry exactly as extraction computes it for `phone`. Filter on `layer`.
-FRAME_LABELS_MACRO = """
-create or replace macro frame_labels(which_run, which_tier) as table
-select
-    f.layer, f.utterance_id, f.frame, f.time_s, f.phone, f.word,
-    case which_tier when 'phone' then f.phone when 'word' then f.word else s.label end as label
-from frames f
-left join run_geometry g on g.run = f.run  -- a run without geometry still has phone and word
-left join segments s
-    on which_tier not in ('phone', 'word')
-    and s.run = f.run and s.tier = which_tier and s.utterance_id = f.utterance_id
-    and (g.hop * f.frame + g.rf / 2) / g.rate >= s.start_s and (g.hop * f.frame + g.rf / 2) / g.rate < s.end_s
-where f.run = which_run
-"""

@@ -28,18 +28,15 @@ from typing import Iterator
 import duckdb
 
 from pipeline.warehouse.schemas import TABLES, empty_view_schema
-from pipeline.warehouse import FRAME_LABELS_MACRO, DamagedFacts, Warehouse, _fsync_dir
+from pipeline.sql import SQL_DIR
+from pipeline.warehouse import DamagedFacts, Warehouse, _fsync_dir
 
 log = logging.getLogger(__name__)
 
 SCRIPT_NAME = "views.sql"  # at the warehouse root
 
-# frame geometry per run, for frame centres in SQL: (hop * frame + rf / 2) / rate, float64 as in Python
-RUN_GEOMETRY = """create or replace view run_geometry as select run,
-    (facts -> 'geometry' ->> 'hop_samples')::double as hop,
-    (facts -> 'geometry' ->> 'receptive_field_samples')::double as rf,
-    (facts -> 'geometry' ->> 'sample_rate_hz')::double as rate
-from runs where (facts -> 'geometry') is not null;"""
+# run_geometry and the frame_labels(run, tier) macro: the one SQL definition of a frame's label
+FRAME_LABELS_SQL = SQL_DIR / "macros" / "frame_labels.sql"
 
 
 def sql_string(text: str) -> str:
@@ -118,7 +115,7 @@ def views_sql(wh: Warehouse, run: str | None = None) -> str:
         statement = _files_view(name, root, files) if files else _empty_view(name)
         if statement:
             body.append(statement)
-    body += [_runs_view(wh, run), RUN_GEOMETRY, FRAME_LABELS_MACRO.strip().rstrip(";") + ";"]
+    body += [_runs_view(wh, run), FRAME_LABELS_SQL.read_text().strip()]
     return "\n".join(header) + "\n\n" + "\n\n".join(body) + "\n"
 
 
