@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.algorithms import metrics as M
-from pipeline.algorithms.geometry import FrameGeometry
+from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.algorithms.kmeans import assign, fit_kmeans
 from pipeline.algorithms.probe import fit_score, speaker_disjoint_probe
 from pipeline.warehouse.schemas import FRAME_TIERS, check_tier_name

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import duckdb
 
-from pipeline.warehouse.schemas import TABLES, empty_view_schema
+from pipeline.warehouse.schemas import REASONS, TABLES, empty_view_schema
 from pipeline.sql import SQL_DIR
 from pipeline.warehouse import DamagedFacts, Warehouse, _fsync_dir
 
@@ -115,8 +115,14 @@ def views_sql(wh: Warehouse, run: str | None = None) -> str:
         statement = _files_view(name, root, files) if files else _empty_view(name)
         if statement:
             body.append(statement)
-    body += [_runs_view(wh, run), FRAME_LABELS_SQL.read_text().strip()]
+    body += [_runs_view(wh, run), FRAME_LABELS_SQL.read_text().strip(), _reasons_view()]
     return "\n".join(header) + "\n\n" + "\n\n".join(body) + "\n"
+
+
+def _reasons_view() -> str:
+    """`quarantine_reasons`: every reason code with what it means (pipeline.warehouse.schemas.REASONS, the one list)."""
+    rows = ", ".join(f"({sql_string(code)}, {sql_string(text)})" for code, text in REASONS.items())
+    return f"create or replace view quarantine_reasons(reason, meaning) as values {rows};"
 
 
 @contextmanager
