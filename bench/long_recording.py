@@ -4,8 +4,7 @@ One silent recording of 1, 10 and 60 minutes (FLAC in a one-row Hub-style Parque
 `python -m pipeline extract` with the default model and every layer, one fresh process per length.
 Layer outputs must not accumulate: what peak memory may gain per minute of audio is at most twice
 the decoded float32 samples (the waveform and one normalised copy: 3.84 MB per minute, 2 x = 7.7 MB
-per minute, 460 MB per hour). Before streaming, it gained ~45 MB per minute (974 MB at 1 min,
-1,385 MB at 10 min).
+per minute, 460 MB per hour).
 
 The target is checked on steps from a recording of at least STEADY_MINUTES (10 -> 60 min): one of
 1 min runs in two windows of 32 s, a longer one in windows of 34 s (30 s plus 2 s of context on
@@ -14,7 +13,7 @@ a fixed step, not growth with length. Shorter steps (1 -> 10 min, `--quick`) are
 
 Peak RSS is the child's own VmHWM read at its exit, not ru_maxrss: a child started from this
 process inherits this process's high-water mark in ru_maxrss across exec, and psutil is not a
-dependency. Registered in bench/run.py as `long_recording`; alone:
+dependency. `python -m bench.run --only long_recording` runs it with the plan's lengths; alone:
 `python -m bench.long_recording --minutes 1 10`.
 """
 
@@ -29,26 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RATE_HZ = 16_000
+from bench.common import QUIET_ENV, REPO, Context, check, check_line
+from bench.data import RATE_HZ
+from bench.memory import PEAK_WRAPPER
+
 MINUTES = (1, 10, 60)
 SAMPLES_MB_PER_MIN = RATE_HZ * 60 * 4 / 1e6  # decoded float32 samples: 3.84 MB per minute
 TARGET_RATIO = 2.0  # growth per minute / decoded float32 samples per minute
 STEADY_MINUTES = 10  # 20 windows: full-size windows, writers and allocators at their steady state
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-# `python -m pipeline ARGS`, then the high-water RSS of this process's own address space on stderr
-PEAK_WRAPPER = """
-import atexit, runpy, sys
-def report():
-    with open("/proc/self/status") as f:
-        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
-    sys.stderr.write(f"BENCH_VMHWM_KB {kb}\\n")
-atexit.register(report)
-sys.argv[0] = "pipeline"
-runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
-"""
 
 
 def silent_corpus(folder: Path, minutes: int) -> Path:
@@ -77,7 +64,7 @@ def silent_corpus(folder: Path, minutes: int) -> Path:
 
 def peak_rss_mb(args: list[str], log: Path) -> tuple[float, float]:
     """(peak RSS MB, wall s) of `python -m pipeline ARGS` in a fresh process."""
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
     with open(log, "wb") as out:
         done = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *args], stdout=out, stderr=subprocess.STDOUT,
@@ -88,10 +75,6 @@ def peak_rss_mb(args: list[str], log: Path) -> tuple[float, float]:
         raise RuntimeError(f"python -m pipeline {' '.join(args)} exited {done.returncode}; see {log}:\n{text[-2000:]}")
     kb = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("BENCH_VMHWM_KB"))
     return kb / 1024, wall
-
-
-def _check(what: str, value: float, target: float) -> dict:
-    return {"what": what, "value": round(float(value), 4), "target": f"<= {target}", "met": bool(value <= target)}
 
 
 def run(scratch: Path, minutes: tuple[int, ...] = MINUTES) -> dict:
@@ -115,7 +98,7 @@ def run(scratch: Path, minutes: tuple[int, ...] = MINUTES) -> dict:
         steps.append({"from_min": a, "to_min": b, "mb_per_min": per_min, "ratio_to_samples": ratio,
                       "checked": a >= STEADY_MINUTES})
         if a >= STEADY_MINUTES:
-            checks.append(_check(f"peak RSS growth {a}->{b} min / decoded float32 samples", ratio, TARGET_RATIO))
+            checks.append(check(f"peak RSS growth {a}->{b} min / decoded float32 samples", ratio, "<=", TARGET_RATIO))
     result = {"model": "default", "layers": "all", "runs": {f"{m} min": r for m, r in runs.items()},
               "growth": steps, "samples_mb_per_min": SAMPLES_MB_PER_MIN, "checks": checks}
     result["summary"] = [
@@ -125,10 +108,14 @@ def run(scratch: Path, minutes: tuple[int, ...] = MINUTES) -> dict:
         *(f"  {s['from_min']}->{s['to_min']} min: {s['mb_per_min']:+.2f} MB per minute = {s['ratio_to_samples']:.2f}x "
           f"the decoded float32 samples ({SAMPLES_MB_PER_MIN:.2f} MB per minute)"
           f"{'' if s['checked'] else ' (not checked: includes the fixed step to full-size windows)'}" for s in steps),
-        *(f"  {'MET    ' if c['met'] else 'NOT MET'} {c['what']}: {c['value']:g} (target {c['target']})"
-          for c in checks),
+        *map(check_line, checks),
     ]
     return result
+
+
+def long_recording(ctx: Context) -> dict:
+    """The benchmark as bench.run runs it: the plan's lengths in its scratch folder."""
+    return run(ctx.tmp, ctx.plan.long_recording_minutes)
 
 
 def main(argv: list[str] | None = None) -> int:
