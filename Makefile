@@ -22,7 +22,9 @@ extract: install  ## the main job: embedded corpus through the embedded model in
 analyze: install
 	$(PY) -m pipeline analyze --run $(RUN) --warehouse $(WH)
 
-report: install  ## storage/report/index.html (+ png/): computes missing reductions itself
+report: install  ## storage/report/index.html (+ png/): the maps' reductions first, then the page (report only reads)
+	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --methods pca --n 2000
+	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --layers=-1,2,4 --methods tsne,umap --n 2000
 	$(PY) -m pipeline report --runs $(RUN) --warehouse $(WH) --out $(WH)/report
 
 demo-models: install  ## the demo pair's "after" model: the default model fine-tuned with CTC (~3 min, once)
@@ -39,6 +41,9 @@ all: install demo-models  ## before/after on the embedded default: extract, labe
 	$(PY) -m pipeline analyze --run $(AFTER) --tier ctc_greedy --no-probe --warehouse $(WH)
 	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --methods pca
 	$(PY) -m pipeline reduce --run $(AFTER) --warehouse $(WH) --methods pca
+	$(PY) -m pipeline reduce --run $(RUN) --warehouse $(WH) --layers=-1,2,4 --methods tsne,umap
+	$(PY) -m pipeline reduce --run $(AFTER) --warehouse $(WH) --layers=-1,2,4 --methods tsne,umap
+	$(PY) -m pipeline compare --runs $(RUN),$(AFTER) --warehouse $(WH)
 	$(PY) -m pipeline report --runs $(RUN),$(AFTER) --warehouse $(WH) --out $(WH)/report
 	$(PY) -m pipeline report --runs $(RUN),$(AFTER) --warehouse $(WH) --tier ctc_greedy --methods pca --out $(WH)/report-ctc_greedy
 

@@ -53,6 +53,8 @@ def _source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.stages.extract import ExtractConfig  # its defaults are the flags' defaults
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -76,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="compute precision (auto: float32 on CPU, bfloat16 autocast on CUDA)")
     p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--max-batch-samples", type=int, default=16_000 * 160)
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-samples", type=int, default=ExtractConfig.max_batch_samples,
+                   help="padded audio samples per forward pass (default: 160 s)")
+    p.add_argument("--max-batch-size", type=int, default=ExtractConfig.max_batch_size)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     _common(p, writes=True)
 
@@ -128,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=int, default=15, help="phones coloured by name; the rest are 'other'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tier", default="phone", help="phone, word, or a segments tier (ctc_greedy, …)")
-    p.add_argument("--recompute", action="store_true", help="recompute reductions that already exist")
-    p.add_argument("--compare-n", type=int, default=5000, help="shared frames in each CKA sample (runs ≥ 2)")
+    p.add_argument("--recompute", action="store_true",
+                   help="run `reduce` for every map and `compare` for every pair first")
+    p.add_argument("--compare-n", type=int,
+                   help="compare the first run with each other run on N frames first, where missing or stale "
+                        "(runs `compare`)")
     p.add_argument("--no-png", dest="png", action="store_false")
     _common(p, writes=True)
 
@@ -244,8 +250,10 @@ def _written_runs(args) -> list[str] | None:
         return [args.run]
     if args.command == "compare":  # tables cka and run_agreement are written under the first run
         return [args.runs.split(",")[0]]
-    if args.command == "report":  # it computes missing reductions (and comparisons) of its runs
-        return [r for r in args.runs.split(",") if r]
+    if args.command == "report":  # reads only, unless asked to run reduce / compare first
+        if args.recompute or args.compare_n is not None:
+            return [r for r in args.runs.split(",") if r]
+        return None
     return None
 
 

@@ -17,10 +17,11 @@ import pytest
 import torch
 from conftest import make_timit, run_checks, tone, write_timit_utt
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+from test_algorithms_similarity import gram_cka
 from test_model import _config
 
 from pipeline.stages.analyze import AnalyzeConfig, analyze, vectors
-from pipeline.stages.compare import CKA_SCHEMA, adjusted_rand_index, analysed, common_k, compare, linear_cka
+from pipeline.stages.compare import CKA_SCHEMA, analysed, common_k, compare
 from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.warehouse.schemas import frames_schema
 from pipeline.sql import query
@@ -131,25 +132,6 @@ def frames_of(root: Path, run: str, layer: int) -> dict[tuple[str, int], np.ndar
     return out
 
 
-def gram_cka(x: np.ndarray, y: np.ndarray, debiased: bool) -> float:
-    """Kornblith et al.'s CKA from n × n Gram matrices: biased = HKH centring, debiased = U-centring."""
-    def centre(gram):
-        gram = gram.copy()
-        n = len(gram)
-        if debiased:
-            np.fill_diagonal(gram, 0)
-            means = gram.sum(axis=0) / (n - 2)
-            means -= means.sum() / (2 * (n - 1))
-            gram -= means[:, None] + means[None, :]
-            np.fill_diagonal(gram, 0)
-            return gram
-        h = np.eye(n) - 1.0 / n
-        return h @ gram @ h
-
-    k, lm = centre(x @ x.T), centre(y @ y.T)
-    return float((k * lm).sum() / (np.linalg.norm(k) * np.linalg.norm(lm)))
-
-
 # ------------------------------------------------------------------------------------------- CKA
 def test_a_run_against_itself_is_one_on_the_diagonal_and_symmetric(wh):
     result = compare(("A", "A"), warehouse=str(wh), n=400)
@@ -225,18 +207,6 @@ def test_the_sample_is_seeded_and_a_smaller_n_is_a_subset(wh):
     assert compare(("A", "B"), warehouse=str(wh), n=200, seed=0)["cka"].equals(first)
 
 
-def test_linear_cka_of_matrices_equals_the_gram_form_when_n_is_small_against_d():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((40, 64))
-    y = x[:, :32] @ rng.standard_normal((32, 48)) + 0.5 * rng.standard_normal((40, 48))
-    for debiased in (False, True):
-        assert linear_cka(x, y, debiased) == pytest.approx(gram_cka(x, y, debiased), abs=1e-6)
-    assert np.isnan(linear_cka(x, np.ones((40, 5)))) and np.isnan(linear_cka(x, np.ones((40, 5)), debiased=True))
-    noise = rng.standard_normal((40, 64))
-    assert linear_cka(x, noise) > 0.5  # the biased estimator is inflated when n < d ...
-    assert abs(linear_cka(x, noise, debiased=True)) < 0.1  # ... the debiased one is not
-
-
 # ------------------------------------------------------------------------------------------- clusterings
 def per_frame_clusters(root: Path, run: str, layer: int, k: int) -> dict[tuple[str, int], int]:
     out = {}
@@ -267,16 +237,6 @@ def test_agreement_equals_scikit_learn_on_the_joined_frames(wh):
         assert got[(layer, "ami")]["value"] == pytest.approx(adjusted_mutual_info_score(ca, cb), abs=1e-10)
         assert got[(layer, "nmi")]["value"] == pytest.approx(normalized_mutual_info_score(ca, cb), abs=1e-10)
         assert got[(layer, "ari")]["value"] == pytest.approx(adjusted_rand_score(ca, cb), abs=1e-10)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_adjusted_rand_index_equals_scikit_learn(seed):
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 1 + seed * 3, 500)
-    b = (a + rng.integers(0, 3, 500) * (seed % 2)) % 7
-    table = np.zeros((a.max() + 1, b.max() + 1), np.int64)
-    np.add.at(table, (a, b), 1)
-    assert adjusted_rand_index(table) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
 
 
 def test_k_is_the_largest_both_runs_analysed_or_an_error(wh):

@@ -11,12 +11,12 @@ import torch
 
 from pipeline.model import demo as D
 from pipeline import model as M
-from pipeline.stages.transcripts import edit_distance
+from pipeline.algorithms.cer import edit_distance
 
 QUICK = D.Recipe(limit_steps=3, freeze_steps=1)  # head-only step, then two full steps
 
 
-def test_edit_distance_on_phone_lists():  # the phone error rate's distance (pipeline.stages.transcripts)
+def test_edit_distance_on_phone_lists():  # the phone error rate's distance (pipeline.algorithms.cer)
     assert edit_distance([], []) == 0
     assert edit_distance(["a", "b", "c"], ["a", "b", "c"]) == 0
     assert edit_distance(["a", "b", "c"], ["a", "c"]) == 1

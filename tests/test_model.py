@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from pipeline import model as M
 from pipeline.algorithms.geometry import FrameGeometry
+from pipeline.model import batching, forward
 
 RATE = 16_000
 GEOMETRY = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
@@ -380,8 +381,8 @@ def test_whole_utterance_group_norm_statistics_merge_pieces_exactly(tiny, monkey
     first = lm.model.feature_extractor.conv_layers[0]
     with torch.inference_mode():
         ref_var, ref_mean = torch.var_mean(first.conv(torch.from_numpy(wave)[None, None])[0], dim=-1, correction=0)
-    monkeypatch.setattr(M, "STATS_PIECE_SAMPLES", 7_777)  # 11 uneven pieces
-    mean, var = M._conv0_stats(lm, wave)
+    monkeypatch.setattr(forward, "STATS_PIECE_SAMPLES", 7_777)  # 11 uneven pieces
+    mean, var = forward._conv0_stats(lm, wave)
     torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(var, ref_var, rtol=1e-5, atol=1e-6)
     whole = M.extract(lm, [wave], [-1], max_chunk_s=None)[0][-1]
@@ -450,8 +451,8 @@ def test_extract_windows_memory_is_one_window_not_a_copy_of_the_recording(tiny, 
     assert lm.do_normalize
     wave = (np.random.default_rng(0).standard_normal(600 * RATE) * 0.1).astype(np.float32)
     calls = []
-    forward = M._forward_batch
-    monkeypatch.setattr(M, "_forward_batch", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    forward_batch = forward._forward_batch
+    monkeypatch.setattr(forward, "_forward_batch", lambda *a, **k: calls.append(1) or forward_batch(*a, **k))
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -474,7 +475,7 @@ def test_normalize_waveform_in_pieces(monkeypatch):
     w = wave.astype(np.float64)
     ref = ((w - w.mean()) / np.sqrt(w.var() + M.NORM_EPS)).astype(np.float32)
     assert np.array_equal(M.normalize_waveform(wave), ref)
-    monkeypatch.setattr(M, "STATS_PIECE_SAMPLES", 1_000)  # 13 uneven pieces
+    monkeypatch.setattr(batching, "STATS_PIECE_SAMPLES", 1_000)  # 13 uneven pieces
     np.testing.assert_allclose(M.normalize_waveform(wave), ref, rtol=1e-6, atol=1e-6)
     assert M.normalize_waveform(np.zeros(0, np.float32)).shape == (0,)
 
@@ -530,3 +531,74 @@ def test_folder_fingerprint_cache_follows_the_files(tmp_path, monkeypatch):
         assert M.folder_fingerprint(folder) == M.folder_fingerprint(folder, cache=False)
     finally:
         (tmp_path / "cache" / "fingerprints").chmod(0o700)
+
+
+# ---------------------------------------------------------------- named models and the package's public API
+
+
+def test_a_registered_name_loads_its_folder_in_both_loaders(tmp_path):
+    """`--model NAME` resolves in one place (pipeline/model/registry.py) for load_model and the labels
+    stage's CTC loader alike; other ids pass through; a name is registered once."""
+    from pipeline.model import registry
+    from pipeline.stages.labels import load_ctc_model
+
+    folder = save_tiny(tmp_path / "m", "wav2vec2-group", head="Wav2Vec2ForCTC")  # no tokenizer saved
+    asked = []
+    M.register_model("tiny-test", lambda cache_dir: asked.append(cache_dir) or folder)
+    try:
+        lm = M.load_model("tiny-test", device="cpu", cache_dir=tmp_path / "cache")
+        assert lm.model_id == "tiny-test" and lm.revision == M.folder_fingerprint(folder)
+        assert asked == [tmp_path / "cache"]
+        with pytest.raises(ValueError, match="tiny-test: no CTC tokenizer"):  # found, then refused for what it is
+            load_ctc_model("tiny-test", device="cpu", cache_dir=tmp_path / "cache")
+        with pytest.raises(ValueError, match="'tiny-test' is already registered"):
+            M.register_model("tiny-test", lambda cache_dir: folder)
+    finally:
+        registry._NAMED.pop("tiny-test")
+    assert M.resolve_model("facebook/wav2vec2-base") == "facebook/wav2vec2-base"
+    assert M.resolve_model(folder) == folder
+    with pytest.raises(FileNotFoundError, match="make demo-models"):
+        load_ctc_model("default-ctc", device="cpu", cache_dir=tmp_path / "cache")
+
+
+def test_no_import_cycle_with_demo_and_no_private_model_names_outside_the_package():
+    """model ↔ demo was a cycle (load_model imported demo, demo imports the model); labels called
+    model's private helpers. Now only registry.py imports demo, inside the one resolver that needs
+    it, and modules outside pipeline/model/ use its public names only. The batching helpers (and
+    the batch-size default the extract stage's config reads) come without torch."""
+    import ast
+    import re
+    import subprocess
+    import sys
+
+    package = Path(M.__file__).parent
+    importers = []
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if isinstance(node, ast.ImportFrom)
+                     else [])
+            if "pipeline.model.demo" in names and path.name != "demo.py":
+                importers.append((path.name, node.lineno, "top level" if node in tree.body else "in a function"))
+    assert [(name, where) for name, _, where in importers] == [("registry.py", "in a function")], importers
+    private = re.compile(r"\bM\._[a-z]|from pipeline\.model[\w.]* import [^\n]*\b_[a-z]")
+    for path in package.parent.rglob("*.py"):
+        if package not in path.parents:
+            assert not private.search(path.read_text()), f"{path} uses a private name of pipeline.model"
+    code = ("import sys; from pipeline.model import DEFAULT_MAX_BATCH_SAMPLES, chunk_windows, normalize_waveform; "
+            "assert 'torch' not in sys.modules, 'the batching helpers import torch'; "
+            "from pipeline.model import extract, load_model; "
+            "assert 'pipeline.model.demo' not in sys.modules, 'the model imports demo'; "
+            "import pipeline.model.demo")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_extract_and_the_extract_stage_share_one_batch_size_default():
+    """It was 100 s in the model, 160 s in the extract stage (which users get): one definition now."""
+    import inspect
+
+    from pipeline.stages.extract import ExtractConfig
+
+    default = inspect.signature(M.extract).parameters["max_batch_samples"].default
+    assert default == M.DEFAULT_MAX_BATCH_SAMPLES == ExtractConfig(run="r").max_batch_samples == 160 * RATE

@@ -79,19 +79,24 @@ def test_an_unreadable_preprocessor_config_is_a_clear_error_not_the_convention(t
         M.load_model(str(folder), device="cpu")
 
 
-def test_every_transformers_loader_in_model_py_refuses_remote_code():
-    """Each Auto*.from_pretrained / from_config names trust_remote_code=False (the default may prompt)."""
+def test_every_transformers_loader_in_the_model_package_refuses_remote_code():
+    """Each Auto*.from_pretrained / from_config names trust_remote_code=False (the default may prompt),
+    in every module of pipeline/model/ and in the labels stage's CTC loader."""
     import ast
 
-    tree = ast.parse(Path(M.__file__).read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-             and n.func.attr in ("from_pretrained", "from_config")
-             and isinstance(n.func.value, ast.Name) and n.func.value.id.startswith("Auto")]
-    assert len(calls) >= 4
-    for call in calls:
+    from pipeline.stages import labels
+
+    calls = []
+    for path in [*sorted(Path(M.__file__).parent.glob("*.py")), Path(labels.__file__)]:
+        calls += [(path.name, n) for n in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                  and n.func.attr in ("from_pretrained", "from_config")
+                  and isinstance(n.func.value, ast.Name) and n.func.value.id.startswith("Auto")]
+    assert len(calls) >= 6
+    for name, call in calls:
         flags = {k.arg: k.value for k in call.keywords}
         assert isinstance(flags.get("trust_remote_code"), ast.Constant) and flags["trust_remote_code"].value is False, \
-            f"line {call.lineno}: {ast.unparse(call)}"
+            f"{name} line {call.lineno}: {ast.unparse(call)}"
 
 
 # ---------------------------------------------------------------- incomplete checkpoints

@@ -1,4 +1,5 @@
-"""pipeline.stages.reduce: determinism, declared columns, streamed PCA equal to a full PCA, shared samples."""
+"""pipeline.stages.reduce: determinism, declared columns, streamed PCA equal to a full PCA, shared samples.
+The algorithms alone are tested in test_algorithms_reduction.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from pipeline.stages.reduce import REDUCTIONS_SCHEMA, StreamingPCA, _pca_cache, fit_pca, per_label_for, reduce, reduce_many
+from pipeline.stages.reduce import REDUCTIONS_SCHEMA, _pca_cache, fit_pca, reduce, reduce_many
 from pipeline.warehouse.schemas import UTTERANCES, frames_schema
 from pipeline.warehouse import Warehouse
 
@@ -173,33 +172,6 @@ def test_streamed_pca_in_tiny_batches_equals_one_batch(tmp_path):
     assert small.n_samples_seen_ == whole.n_samples_seen_ == len(x)
     np.testing.assert_allclose(small.explained_variance_ratio_, whole.explained_variance_ratio_, rtol=1e-9)
     np.testing.assert_allclose(small.components_, whole.components_, atol=1e-9)
-
-
-def test_streaming_pca_equals_scikit_learn_despite_a_large_mean():
-    from sklearn.decomposition import PCA
-
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((3000, 20)) * np.linspace(0.1, 3, 20) + 1e4).astype(np.float32)  # mean ≫ spread
-    ours = StreamingPCA(5)
-    for part in np.array_split(x, 17):
-        ours.partial_fit(part)
-    ours.finish()
-    ref = PCA(5, svd_solver="full").fit(x.astype(np.float64))
-    np.testing.assert_allclose(ours.explained_variance_, ref.explained_variance_, rtol=1e-6)
-    np.testing.assert_allclose(ours.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-6)
-    np.testing.assert_allclose(np.abs(ours.components_ @ ref.components_.T), np.eye(5), atol=1e-6)
-    np.testing.assert_allclose(np.abs(ours.transform(x[:50])), np.abs(ref.transform(x[:50])), atol=1e-3)
-
-
-@given(st.dictionaries(st.text(min_size=1, max_size=3), st.integers(1, 500), min_size=1, max_size=30),
-       st.integers(1, 5000))
-def test_per_label_gives_the_largest_sample_within_n(counts, n):
-    p = per_label_for(counts, n)
-    size = sum(min(c, p) for c in counts.values())
-    if size > n:  # only when even one frame per label is more than n
-        assert p == 1 and len(counts) > n
-    elif p < max(counts.values()):
-        assert sum(min(c, p + 1) for c in counts.values()) > n
 
 
 def test_errors_name_the_problem(wh_root):

@@ -1,4 +1,5 @@
-"""pipeline.stages.transcripts against the original's published artefacts (shared/reference/original_lp_test).
+"""pipeline.algorithms.cer and .disagreement against the original's published artefacts
+(shared/reference/original_lp_test).
 
 1. edlib reproduces the 232 shipped ASR-vs-transcriber alignments; `multi_align` their merge.
 2. `frame_disagreement_original` reproduces `error_category` on every frame; our gap rule agrees
@@ -17,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import reference_dir
 
-from pipeline.stages import transcripts as T
+from pipeline.algorithms import cer as C
+from pipeline.algorithms import disagreement as D
 
 REFERENCES = [f"text{j}_norm" for j in range(1, 5)]
 CER_TOL = 5e-5
@@ -43,31 +45,31 @@ def test_edlib_reproduces_the_shipped_alignments(data):
     recs = {r["recording_id"]: r for r in data["recordings"]}
     for row in data["alignments"]:
         rec = recs[row["recording_id"]]
-        got = T.align(rec["transcript"], rec[f"text{row['annotator']}_norm"]).nice()
+        got = C.align(rec["transcript"], rec[f"text{row['annotator']}_norm"]).nice()
         assert got == (row["query_aligned"], row["matched_aligned"], row["target_aligned"]), row["recording_id"]
     assert len(data["alignments"]) == 232
 
 
 def test_multi_alignment_reproduces_char_error_count(data):
     for rec, labels, _ in data["per"]:
-        hyp = T.hypothesis_frames(labels, merge_boundaries=False)
+        hyp = D.hypothesis_frames(labels, merge_boundaries=False)
         assert hyp.text == rec["transcript"], rec["recording_id"]
-        multi = T.multi_align(hyp.text, [rec[c] for c in REFERENCES])
+        multi = D.multi_align(hyp.text, [rec[c] for c in REFERENCES])
         assert multi.text() == rec["transcript_multi_aligned"], rec["recording_id"]
         assert multi.counts.tolist() == rec["char_error_count"], rec["recording_id"]
 
 
 def test_original_rule_reproduces_error_category(data):
     for rec, labels, error_category in data["per"]:
-        got = T.utterance_disagreement(labels, [rec[c] for c in REFERENCES], rule="original")
+        got = D.utterance_disagreement(labels, [rec[c] for c in REFERENCES], rule="original")
         assert np.array_equal(got, error_category), rec["recording_id"]
 
 
 def _first_stall(labels, refs) -> int:
     """First frame of the character after the first frameless gap that holds reference material."""
-    hyp = T.hypothesis_frames(labels)
-    _, deletions = T._disagreeing(hyp.text, refs)
-    occupied = np.bincount(T._frame_slots(hyp), minlength=2 * len(hyp.text) + 1) > 0
+    hyp = D.hypothesis_frames(labels)
+    _, deletions = D.disagreeing(hyp.text, refs)
+    occupied = np.bincount(D.frame_slots(hyp), minlength=2 * len(hyp.text) + 1) > 0
     stalls = [g for g in np.flatnonzero(deletions.any(axis=0)) if not occupied[2 * g]]
     return int(hyp.spans[stalls[0], 0]) if stalls else len(labels)
 
@@ -77,7 +79,7 @@ def test_gap_rule_against_error_category(data):
     n_equal_recordings = 0
     for rec, labels, error_category in data["per"]:
         refs = [rec[c] for c in REFERENCES]
-        got = T.frame_disagreement(labels, refs)
+        got = D.frame_disagreement(labels, refs)
         ours.append(got)
         theirs.append(error_category)
         before.append(np.arange(len(labels)) < _first_stall(labels, refs))
@@ -100,13 +102,13 @@ def _decodings(data, column: str):
     cols, vocab = data["cols"], data["vocab"]
     clusters = cols[column].astype(np.int64)
     labels = cols["label"].astype(str)
-    buggy = T.off_by_one_mapping(cols["label_id"], clusters)
-    majority = T.majority_labels(labels, clusters)
+    buggy = C.off_by_one_mapping(cols["label_id"], clusters)
+    majority = C.majority_labels(labels, clusters)
     out = {"buggy": [], "majority": [], "transcript": []}
     for rec in data["recordings"]:
         c = clusters[rec["global_start"]: rec["global_start"] + rec["n_frames"]]
-        out["buggy"].append(T.decode_original([buggy[x] for x in c], vocab))
-        out["majority"].append(T.decode_clusters(c, majority))
+        out["buggy"].append(C.decode_original([buggy[x] for x in c], vocab))
+        out["majority"].append(C.decode_clusters(c, majority))
         out["transcript"].append(rec["transcript"])
     return out
 
@@ -124,5 +126,5 @@ def test_off_by_one_decoding_reproduces_the_shipped_transcripts(data):
 ])
 def test_decoding_cer(data, column, buggy_cer, majority_cer):
     d = _decodings(data, column)
-    assert T.corpus_cer(zip(d["buggy"], d["transcript"])) == pytest.approx(buggy_cer, abs=CER_TOL)
-    assert T.corpus_cer(zip(d["majority"], d["transcript"])) == pytest.approx(majority_cer, abs=CER_TOL)
+    assert C.corpus_cer(zip(d["buggy"], d["transcript"])) == pytest.approx(buggy_cer, abs=CER_TOL)
+    assert C.corpus_cer(zip(d["majority"], d["transcript"])) == pytest.approx(majority_cer, abs=CER_TOL)

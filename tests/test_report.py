@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -20,11 +21,13 @@ import vl_convert as vlc
 from altair.vegalite.v6.schema import load_schema
 from conftest import run_checks
 
+from pipeline import cli
 from pipeline.report import charts
 from pipeline.stages import transcripts as T
 from pipeline.stages.analyze import AnalyzeConfig, analyze
 from pipeline.algorithms.phone_classes import ARPABET, CLASSES, TIMIT, classify, detect_inventory, embedded_classes
 from pipeline.report import build_report, key_layers
+from pipeline.stages.reduce import reduce_many
 from pipeline.warehouse.schemas import SEGMENTS
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
@@ -107,8 +110,29 @@ def warehouse(tmp_path_factory) -> Path:
     return root
 
 
+def warehouse_files(root: Path) -> dict[str, int]:
+    """Every file of a warehouse with its modification time: what a reader must leave as it is."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def report(warehouse, tmp_path_factory) -> tuple[Path, dict]:
+def first_build(warehouse, tmp_path_factory) -> tuple[Path, dict, dict, dict]:
+    """The report of 'pre' and 'ft' before any `reduce` or `compare`: (page, report.json, the
+    warehouse's files before, after)."""
+    out = tmp_path_factory.mktemp("report") / "first"
+    before = warehouse_files(warehouse)
+    path = build_report(["pre", "ft"], warehouse=str(warehouse), out=str(out), map_points=200, methods=("pca", "tsne"),
+                        png=False)
+    return path, json.loads((out / "report.json").read_text()), before, warehouse_files(warehouse)
+
+
+@pytest.fixture(scope="module")
+def report(first_build, warehouse, tmp_path_factory) -> tuple[Path, dict]:
+    """The report of 'pre' and 'ft' after running, through the CLI, the commands the first build named."""
+    for command in first_build[1]["commands"]:
+        argv = shlex.split(command)
+        assert argv[:3] == ["python", "-m", "pipeline"], command
+        assert cli.main(argv[3:]) == 0, command
     out = tmp_path_factory.mktemp("report") / "out"
     path = build_report(["pre", "ft"], warehouse=str(warehouse), out=str(out), map_points=200, methods=("pca", "tsne"))
     return path, json.loads((out / "report.json").read_text())
@@ -271,7 +295,10 @@ def test_data_is_bounded(report):
 
 
 def test_model_against_model_section(report, warehouse):
-    assert [(c["run"], c["other"], c["k"]) for c in report[1]["comparisons_computed"]] == [("pre", "ft", K)]
+    assert report[1]["comparisons_computed"] == []  # the comparison `compare` committed is drawn
+    assert report[1]["comparisons"] == {"ft": {"k": K, "state": "current",
+                                               "command": f"python -m pipeline compare --runs pre,ft "
+                                                          f"--warehouse {warehouse}"}}
     heat = spec_of(report, "cka_pre_ft")
     assert [layer["mark"]["type"] for layer in heat["layer"]] == ["rect", "text"]
     cells = charts.data_rows(heat)
@@ -366,7 +393,7 @@ def test_transcripts_section(report, warehouse):
     assert {p["n_disagree"] for p in charts.data_rows(spec_of(report, "map_tsne_ft_-1_ft_1_ft_2"))} == {None}
 
 
-def test_sections_of_later_stages_are_absent_without_their_tables(warehouse, tmp_path):
+def test_sections_of_later_stages_are_absent_without_their_tables(report, warehouse, tmp_path):
     path = build_report(["ft"], warehouse=str(warehouse), out=str(tmp_path / "ft"), map_points=100,
                         methods=("pca",), png=False)
     info = json.loads((path.parent / "report.json").read_text())
@@ -431,8 +458,8 @@ def test_report_on_a_segments_tier(warehouse, tmp_path):
         build_report(["pre"], warehouse=str(root), out=str(tmp_path / "x"), tier="nope")
 
 
-def test_a_second_build_reuses_the_reductions(report, warehouse, tmp_path):
-    assert len(report[1]["reductions_computed"]) == 2 * (4 + 3)  # PCA of 4 layers, t-SNE of 3, per run
+def test_a_second_build_draws_the_same_charts(report, warehouse, tmp_path):
+    assert report[1]["reductions_computed"] == [] and report[1]["commands"] == []  # nothing missing
     build_report("pre,ft", warehouse=str(warehouse), out=str(tmp_path / "again"), map_points=200,
                  methods=("pca", "tsne"), png=False)
     again = json.loads((tmp_path / "again" / "report.json").read_text())
@@ -443,6 +470,7 @@ def test_a_second_build_reuses_the_reductions(report, warehouse, tmp_path):
 
 
 def test_a_run_without_analysis_still_gets_maps(warehouse, tmp_path):
+    reduce_many("raw", methods="pca", warehouse=str(warehouse), n=100)
     path = build_report(["raw"], warehouse=str(warehouse), out=str(tmp_path / "raw"), map_points=100,
                         methods=("pca",), png=False)
     info = json.loads((path.parent / "report.json").read_text())
@@ -458,6 +486,8 @@ def test_runs_that_cannot_be_compared_get_a_note_instead_of_charts(tmp_path):
     make_frames_warehouse(root, run="geo", seed=1, layers=(-1, 1))
     Warehouse(root).ensure_facts("geo", {"geometry": {"receptive_field_samples": 400, "hop_samples": 160,
                                                       "sample_rate_hz": 16000}})
+    for run in ("pre", "geo"):
+        reduce_many(run, methods="pca", warehouse=str(root), n=100)
     path = build_report(["pre", "geo"], warehouse=str(root), out=str(tmp_path / "out"), map_points=100,
                         methods=("pca",), png=False)
     info = json.loads((path.parent / "report.json").read_text())
@@ -465,6 +495,70 @@ def test_runs_that_cannot_be_compared_get_a_note_instead_of_charts(tmp_path):
     assert not [f for f in info["figures"] if f["query"].startswith("compare_")]
     note = "Not compared with geo: runs &#x27;pre&#x27; and &#x27;geo&#x27; have different frame geometry"
     assert note in path.read_text()
+
+
+def test_the_report_only_reads_and_names_what_to_run(first_build, warehouse):
+    """Regression: the report computed missing reductions and comparisons itself, writing to the
+    warehouse behind the user's back. It now draws what is committed and names the commands."""
+    path, info, before, after = first_build
+    assert after == before  # not one file of the warehouse written or touched
+    assert info["reductions_computed"] == [] and info["comparisons_computed"] == []
+    w = f" --warehouse {warehouse}"
+    assert info["commands"] == [f"python -m pipeline reduce --run pre --methods pca{w}",
+                                f"python -m pipeline reduce --run pre --layers=-1,1,2 --methods tsne{w}",
+                                f"python -m pipeline reduce --run ft --methods pca{w}",
+                                f"python -m pipeline reduce --run ft --layers=-1,1,2 --methods tsne{w}",
+                                f"python -m pipeline compare --runs pre,ft{w}"]
+    assert info["comparisons"]["ft"]["state"] == "missing"
+    names = [f["name"] for f in info["figures"]]
+    assert not [n for n in names if n.startswith(("map_", "cka_", "agreement_"))]
+    assert "metric_curves" in names and f"contingency_pre_k{K}" in names and "decoded_cer" in names
+    page = path.read_text()
+    for command in info["commands"]:
+        assert command in page  # in the list at the top, and again in its section
+    assert f"Not reduced yet (t-SNE of CNN, layer 1, layer 2): run `python -m pipeline reduce --run pre " \
+           f"--layers=-1,1,2 --methods tsne{w}`." in page
+    assert f"Not compared with ft yet: run `python -m pipeline compare --runs pre,ft{w}`." in page
+
+
+def test_recompute_and_compare_n_run_the_stages_visibly(report, warehouse, tmp_path, caplog):
+    root = tmp_path / "wh"
+    shutil.copytree(warehouse, root)  # the module's warehouse keeps its reductions and comparison
+    caplog.set_level("WARNING", logger="pipeline.report")
+    path = build_report(["pre", "ft"], warehouse=str(root), out=str(tmp_path / "a"), map_points=150,
+                        methods=("pca",), png=False, compare_n=300)
+    info = json.loads((path.parent / "report.json").read_text())
+    assert info["comparisons_computed"] == [] and info["reductions_computed"] == []  # the comparison is current
+    assert not [r for r in caplog.records if r.name == "pipeline.report"]
+    path = build_report(["pre", "ft"], warehouse=str(root), out=str(tmp_path / "b"), map_points=150,
+                        methods=("pca",), png=False, compare_n=300, recompute=True)
+    info = json.loads((path.parent / "report.json").read_text())
+    assert [(r["run"], r["layer"], r["method"]) for r in info["reductions_computed"]] == [
+        (run, layer, "pca") for run in ("pre", "ft") for layer in (-1, 0, 1, 2)]
+    compared = [(c["run"], c["other"], c["frames"], c["k"]) for c in info["comparisons_computed"]]
+    assert compared == [("pre", "ft", 300, K)]
+    logged = [r.getMessage() for r in caplog.records if r.name == "pipeline.report"]
+    assert logged == [f"report --recompute: running `reduce --run {run} --layers=-1,0,1,2 --methods pca --n 150 "
+                      "--seed 0 --tier phone`" for run in ("pre", "ft")] + [
+        f"report: running `compare --runs pre,ft --n 300 --seed 0 --k {K}`"]
+    con = Warehouse(root).connect()
+    assert con.execute("select distinct n from cka where run = 'pre' and other = 'ft'").fetchall() == [(300,)]
+    n_map = con.execute("select count(*) from reductions where run = 'pre' and layer = 1 and method = 'pca'").fetchone()
+    assert n_map[0] <= 150  # redone on the report's sample (the committed one held every labelled frame)
+
+
+def test_missing_maps_are_named_in_one_logged_line(tmp_path, caplog):
+    root = tmp_path / "wh"
+    make_frames_warehouse(root, run="solo", seed=0, layers=(-1, 1))
+    caplog.set_level("WARNING", logger="pipeline.report")
+    path = build_report(["solo"], warehouse=str(root), out=str(tmp_path / "out"), map_points=100,
+                        methods=("pca", "umap"), png=False)
+    w = f" --warehouse {root}"
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.report"] == [
+        f"report for solo: 1 command(s) would complete it: python -m pipeline reduce --run solo --methods pca,umap{w}"]
+    assert f"Not reduced yet (PCA, UMAP of CNN, layer 1): run `python -m pipeline reduce --run solo " \
+           f"--methods pca,umap{w}`." in path.read_text()
+    assert not (root / "reductions").exists()
 
 
 def test_unknown_run_is_an_error_that_names_the_runs(warehouse, tmp_path):

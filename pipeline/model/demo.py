@@ -12,12 +12,12 @@ Recipe (the standard wav2vec2 fine-tuning one, `Recipe` below): `Wav2Vec2ForCTC`
 model's weights and a new linear head over the phone inventory; the conv feature encoder frozen
 (`freeze_feature_encoder()`), so its outputs are computed once, exactly as extraction computes
 them (`pipeline.model.extract`, layer -1), and every epoch trains only feature projection,
-transformer and head; SpecAugment time masking, dropout and LayerDrop from the model's config;
-AdamW with linear warm-up and decay; everything drawn from one seed. Targets: each utterance's
-phone sequence without `sil` (silence is what CTC's blank is for, and a `sil` token would mostly
-teach the model where utterances start and end) and without word boundaries (no acoustic extent
-of their own; phone error rate needs none). Greedy CTC phone error rate on the test split (two
-speakers the model never heard) goes into `training.json` beside the weights.
+transformer and head; SpecAugment time masking, dropout and LayerDrop are recipe fields (off:
+see `Recipe`); AdamW with linear warm-up and decay; everything drawn from one seed. Targets: each
+utterance's phone sequence without `sil` (silence is what CTC's blank is for, and a `sil` token
+would mostly teach the model where utterances start and end) and without word boundaries (no
+acoustic extent of their own; phone error rate needs none). Greedy CTC phone error rate on the
+test split (two speakers the model never heard) goes into `training.json` beside the weights.
 
 The folder is a complete checkpoint: `AutoModelForCTC.from_pretrained(folder)` loads it, its
 tokenizer (`Wav2Vec2PhonemeCTCTokenizer`: space-separated phone tokens, since espeak-ng mnemonics
@@ -26,11 +26,11 @@ its base encoder. It is built in a temporary sibling folder and renamed into pla
 hash of the recipe, the default model's config and the training data, so a changed recipe never
 reuses an old model. Same seed, same torch build and thread count: same weights (tests/test_demo.py).
 
-Measured (2 shared CPU cores, seed 0): 450 steps in 169 s, train loss 15.8 → 0.38, phone error
-rate 0.21 train, 0.87 test (unseen voices: it memorises six voices). Phone AMI (k=50, `analyze`)
-before → after: layer -1 0.162 → 0.162 (frozen), 0 0.220 → 0.226, 1 0.219 → 0.223, 2 0.223 →
-0.159, 3 0.219 → 0.099: the upper layers of this model cluster *less* by phone after CTC, so the
-pair does not yet show the study's sharpening (see the hand-back report for what to try next).
+Seed 0, 450 steps: train loss 15.8 → 0.38, phone error rate 0.21 train, 0.87 test (unseen voices:
+it memorises six voices). Labelled with its own greedy CTC phones (`labels`, the study's label
+source), the pair shows the study's pattern: phone AMI (k = 50) of the best layer 0.10 before,
+0.63 after; against the corpus's true phone alignments the upper layers cluster less after
+fine-tuning (README, "The offline before/after pair", has the table per layer).
 """
 
 from __future__ import annotations
@@ -47,18 +47,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.algorithms.cer import edit_distance
+from pipeline.algorithms.ctc import collapse
 from pipeline.corpus import embedded
 from pipeline.corpus.audio import decode
-from pipeline.algorithms.ctc import collapse
-from pipeline.stages.transcripts import edit_distance
+from pipeline.model.forward import extract
+from pipeline.model.loading import load_model
+from pipeline.model.registry import DEMO_CTC_MODEL_ID, default_model_path, ensure_default_model, seeded
 
-DEMO_MODEL_ID = "default-ctc"  # pipeline.model.DEMO_CTC_MODEL_ID
 SILENCE = "sil"
 BLANK, UNK = "<pad>", "<unk>"  # id 0 is the CTC blank, as in every wav2vec2 CTC checkpoint
 TRAINING_FACTS = "training.json"
@@ -69,8 +71,8 @@ class Recipe:
     """Everything that decides the trained weights; its hash names the model folder."""
 
     seed: int = 0
-    epochs: int = 10  # 180 train utterances, 45 steps each: 450 steps, ~3 min on 2 busy CPU cores
-    batch_size: int = 4  # more updates per epoch beat bigger batches in a 3-minute budget
+    epochs: int = 10  # 180 train utterances, 45 steps each: 450 steps
+    batch_size: int = 4  # more updates per epoch beat bigger batches for the same compute
     lr: float = 1e-3
     warmup_share: float = 0.1  # of all steps, then linear decay to 0 (HF Trainer's "linear")
     weight_decay: float = 0.01
@@ -80,7 +82,7 @@ class Recipe:
     # model collapses onto the blank within ~10 steps and stays there (loss ~3.9 after 360 steps).
     freeze_steps: int = 90  # 2 epochs, each ~4x cheaper than a full one (no backward below the head)
     # Regularisation of the config (0.1, 0.1, 0.05) slows the escape from the blank plateau
-    # past a 3-minute budget; off, the training split is learnt and the test PER shows the gap.
+    # past these 450 steps; off, the training split is learnt and the test PER shows the gap.
     dropout: float = 0.0  # hidden, attention, projection and head dropout
     layerdrop: float = 0.0
     mask_time_prob: float = 0.0  # SpecAugment time masking, spans of mask_time_length (10) frames
@@ -103,25 +105,21 @@ class Utterance:
 
 def demo_model_path(cache_dir: str | os.PathLike, recipe: Recipe = Recipe()) -> Path:
     """`<cache_dir>/default-ctc-<hash>`: a hash of recipe, default model config and training data."""
-    from pipeline.model import default_model_path
-
     digest = hashlib.sha256()
     digest.update(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
     digest.update(default_model_path(cache_dir).name.encode())  # itself named by the config's hash
     for split in embedded.SPLITS:
         digest.update(Path(embedded.data_files()[split]).read_bytes())
-    return Path(cache_dir) / f"{DEMO_MODEL_ID}-{digest.hexdigest()[:12]}"
+    return Path(cache_dir) / f"{DEMO_CTC_MODEL_ID}-{digest.hexdigest()[:12]}"
 
 
 def resolve_demo_model(cache_dir: str | os.PathLike | None) -> Path:
     """The trained folder for `--model default-ctc` (seed 0, default recipe), or a clear error."""
-    from pipeline.model import default_model_path
-
     cache = default_model_path(cache_dir).parent  # the same cache folder rule as `default`
     folder = demo_model_path(cache)
     if not (folder / "model.safetensors").exists():
         raise FileNotFoundError(
-            f"model {DEMO_MODEL_ID!r}: no trained model at {folder}; run `make demo-models` first "
+            f"model {DEMO_CTC_MODEL_ID!r}: no trained model at {folder}; run `make demo-models` first "
             f"(python -m pipeline demo-models --warehouse {cache.parent})")
     return folder
 
@@ -132,8 +130,6 @@ def resolve_demo_model(cache_dir: str | os.PathLike | None) -> Path:
 def load_split(split: str, loaded: Any) -> list[Utterance]:
     """Decode one split of the embedded corpus and run the frozen conv encoder on it, exactly as
     extraction does (per-utterance normalisation and group-norm statistics)."""
-    from pipeline.model import extract
-
     table = pq.read_table(embedded.data_files()[split], columns=["id", "audio", "phonetic_detail"])
     rows = table.to_pylist()
     waves = [decode(row["audio"]["bytes"], row["id"])[0] for row in rows]
@@ -171,7 +167,7 @@ def build_ctc_model(default_folder: Path, vocab: dict[str, int], recipe: Recipe)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "lm_head newly initialized" is the point here
     try:
-        with _seeded(recipe.seed):
+        with seeded(recipe.seed):
             model = Wav2Vec2ForCTC.from_pretrained(
                 default_folder, vocab_size=len(vocab), pad_token_id=vocab[BLANK],
                 ctc_loss_reduction="mean", ctc_zero_infinity=True,
@@ -239,7 +235,7 @@ def train(model: torch.nn.Module, utts: list[Utterance], vocab: dict[str, int], 
     epoch_loss: list[float] = []
     step, start = 0, time.perf_counter()
     model.train()
-    with _seeded(recipe.seed):  # dropout and LayerDrop draw from torch's generator
+    with seeded(recipe.seed):  # dropout and LayerDrop draw from torch's generator
         for epoch in range(recipe.epochs):
             order = rng.permutation(len(utts))
             losses = []
@@ -293,10 +289,7 @@ def train_demo_model(warehouse: str | os.PathLike = "storage", seed: int = 0, re
     Present already (same recipe, same default model, same data): returned as is. Else built into
     a temporary folder under `<warehouse>/_models/` and renamed into place, with `training.json`
     (recipe, steps, seconds, loss per epoch, test phone error rate, versions) beside the weights.
-    About 3 minutes on 2 CPU cores.
     """
-    from pipeline.model import default_model_path, ensure_default_model
-
     recipe = dataclasses.replace(recipe or Recipe(), seed=seed)
     log = log or _stderr
     cache = Path(warehouse) / "_models"
@@ -311,7 +304,7 @@ def train_demo_model(warehouse: str | os.PathLike = "storage", seed: int = 0, re
     model = build_ctc_model(default_folder, vocab, recipe)
     facts = train(model, train_utts, vocab, recipe, log)
     per = phone_error_rate(model, test_utts, vocab)
-    facts = {"model_id": DEMO_MODEL_ID, "base_model": default_folder.name, "recipe": dataclasses.asdict(recipe),
+    facts = {"model_id": DEMO_CTC_MODEL_ID, "base_model": default_folder.name, "recipe": dataclasses.asdict(recipe),
              **facts, "feature_seconds": round(feature_seconds, 1), "test_phone_error_rate": round(per, 4),
              "train_phone_error_rate": round(phone_error_rate(model, train_utts, vocab), 4),
              "n_train": len(train_utts), "n_test": len(test_utts), "vocab_size": len(vocab),
@@ -328,9 +321,7 @@ _FEATURES: dict[str, tuple[list[Utterance], list[Utterance]]] = {}  # default mo
 
 
 def _frozen_features(default_folder: Path) -> tuple[list[Utterance], list[Utterance]]:
-    """Conv features of both splits, computed once per process (~30 s): the encoder is frozen."""
-    from pipeline.model import load_model
-
+    """Conv features of both splits, computed once per process: the encoder is frozen."""
     if default_folder.name not in _FEATURES:  # the name is a hash of the config; weights follow from it
         base = load_model(str(default_folder), device="cpu")
         _FEATURES[default_folder.name] = (load_split("train", base), load_split("test", base))
@@ -367,10 +358,3 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

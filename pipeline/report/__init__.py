@@ -3,14 +3,16 @@
     <out>/index.html            every chart and the metric table; Vega, Vega-Lite and Vega-Embed inlined
     <out>/png/<figure>.png      each chart rendered by vl-convert (no browser needed)
     <out>/specs/<figure>.vl.json
-    <out>/report.json           what was drawn: each figure's query, parameters, frames; timings
+    <out>/report.json           what was drawn: each figure's query, parameters, frames; what is missing; timings
 
-Missing reductions are computed first (`pipeline.stages.reduce`): PCA for every layer, t-SNE and UMAP for
-three layers per run (the CNN output, the middle and the last layer). Reductions already committed
-are taken as they are (pass recompute=True to redo them with this report's n and seed).
-With two runs or more, the first is compared with each other one (`pipeline.stages.compare`: linear CKA
-of every pair of layers, agreement of the clusterings) unless a comparison newer than both runs'
-frames and clusters is committed; the "Model against model" section shows it.
+The report reads the warehouse and writes nothing to it. Its maps are the committed reductions
+(`python -m pipeline reduce`): PCA of every layer, t-SNE and UMAP of three layers per run (the CNN
+output, the middle and the last layer). With two runs or more, the "Model against model" section
+shows the committed comparison (`python -m pipeline compare`: linear CKA of every pair of layers,
+agreement of the clusterings) of the first run with each other one. What is not committed is left
+out, and the page (top and section) and one logged line name the command that makes it;
+`recompute=True` (`--recompute`) runs `reduce` and `compare` first, `compare_n` (`--compare-n`)
+runs the missing or stale comparisons first, each run logged.
 
 Sections that need a later stage appear only when its table holds rows for a report run:
 "Variants and groups" (`group_metrics`, from `analyze --by ATTRIBUTE`) and "Transcripts and
@@ -26,6 +28,7 @@ import html
 import json
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +37,15 @@ from typing import Sequence
 import altair as alt
 
 from pipeline.report import charts
-from pipeline.stages.compare import analysed, compare
+from pipeline.stages.compare import analysed, check_comparable, compare
 from pipeline.stages.labels import check_tier_complete
 from pipeline.stages.reduce import METHODS, reduce
-from pipeline.warehouse.schemas import FRAME_TIERS, check_tier_name
+from pipeline.warehouse.schemas import FRAME_TIERS, check_tier_name, tiered_views
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 PREFERRED_RULE = "gap"  # the disagreement rule the maps colour when a run has several
 
 
@@ -70,54 +72,98 @@ def _committed_reductions(wh: Warehouse, run: str) -> set[tuple[int, str]]:
     return have
 
 
-def ensure_reductions(wh: Warehouse, runs: Sequence[str], plan: dict[str, dict[str, list[int]]], n: int, seed: int,
-                      recompute: bool = False, tier: str = "phone") -> list[dict]:
-    """Compute the reductions of `plan` ({run: {method: [layers]}}) that are not committed yet
-    (on a sample balanced over the labels of `tier`)."""
+def _layers_arg(layers: Sequence[int], all_layers: Sequence[int]) -> str:
+    return "" if sorted(layers) == sorted(all_layers) else f" --layers={','.join(map(str, sorted(layers)))}"
+
+
+def _warehouse_arg(warehouse: str) -> str:
+    return "" if str(warehouse) == "storage" else f" --warehouse {shlex.quote(str(warehouse))}"
+
+
+def missing_reductions(wh: Warehouse, warehouse: str, plan: dict[str, dict[str, list[int]]],
+                       layers: dict[str, list[int]], tier: str = "phone", seed: int = 0) -> list[dict]:
+    """The reductions of `plan` ({run: {method: [layers]}}) not committed yet, as
+    [{run, method, layers, command}]: the `reduce` command that makes them (one per run and layer set)."""
+    out = []
+    for run, methods in plan.items():
+        have = _committed_reductions(wh, run)
+        by_layers: dict[tuple[int, ...], list[str]] = {}
+        for method, wanted in methods.items():
+            lacking = tuple(layer for layer in wanted if (layer, method) not in have)
+            if lacking:
+                by_layers.setdefault(lacking, []).append(method)
+        for lacking, names in by_layers.items():
+            command = (f"python -m pipeline reduce --run {run}{_layers_arg(lacking, layers[run])} "
+                       f"--methods {','.join(names)}" + ("" if tier == "phone" else f" --tier {tier}")
+                       + ("" if seed == 0 else f" --seed {seed}") + _warehouse_arg(warehouse))
+            out += [{"run": run, "method": m, "layers": list(lacking), "command": command} for m in names]
+    return out
+
+
+def run_reductions(wh: Warehouse, plan: dict[str, dict[str, list[int]]], n: int, seed: int,
+                   tier: str = "phone") -> list[dict]:
+    """`reduce` every entry of `plan` ({run: {method: [layers]}}) on a sample balanced over the labels
+    of `tier`, replacing committed reductions (what `--recompute` asks for), each one logged."""
     done = []
-    for run in runs:
-        have = set() if recompute else _committed_reductions(wh, run)
-        for method, layers in plan[run].items():
+    for run, methods in plan.items():
+        for method, layers in methods.items():
+            log.warning("report --recompute: running `reduce --run %s --layers=%s --methods %s --n %d --seed %d "
+                        "--tier %s`", run, ",".join(map(str, layers)), method, n, seed, tier)
             for layer in layers:
-                if (layer, method) in have:
-                    continue
                 info = reduce(run, layer, method, warehouse=str(wh.root), n=n, seed=seed, tier=tier)
-                log.info("reduced %s layer %s with %s: %d frames, %.1f s", run, layer, method, info["rows"],
-                         info["total_s"])
                 done.append({k: info[k] for k in ("run", "layer", "method", "rows", "total_s")})
     return done
 
 
-def _comparison_is_current(wh: Warehouse, run: str, other: str, k: int | None) -> bool:
-    """A committed `compare` of (run, other) with this k, newer than both runs' frames and clusters."""
+def comparison_state(wh: Warehouse, run: str, other: str, k: int | None) -> str:
+    """'current': a committed `compare` of (run, other) with this k, newer than both runs' frames and
+    clusters; 'stale': one that is not; 'missing': none."""
     done = [rec for (_, stage, _), rec in wh.commits(run).items() if stage == f"compare.{other}"]
-    if not done or done[0].get("k") != k:
-        return False
+    if not done:
+        return "missing"
     inputs = [rec["time"] for r in {run, other} for (_, stage, _), rec in wh.commits(r).items()
               if stage.startswith(("extract", "analyze."))]
-    return all(t <= done[0]["time"] for t in inputs)
+    return "current" if done[0].get("k") == k and all(t <= done[0]["time"] for t in inputs) else "stale"
 
 
-def ensure_comparisons(wh: Warehouse, runs: Sequence[str], n: int, seed: int, k: int | None = None,
-                       recompute: bool = False) -> tuple[list[dict], dict[str, str]]:
-    """Compare the first run with each other run (`pipeline.stages.compare`) unless a current comparison is
-    committed. k: the clustering to compare when both runs have it, else the largest k both have.
-    Returns the comparisons computed and, per other run that cannot be compared (no shared
-    utterances, other frame geometry), the reason."""
-    done, refused = [], {}
+def plan_comparisons(wh: Warehouse, warehouse: str, runs: Sequence[str], k: int | None = None) -> dict[str, dict]:
+    """Per other run: {k, state, command} of its comparison with the first run (k: the clustering to
+    compare when both runs have it, else the largest k both have), or {refused: why} when the two
+    cannot be compared (no shared utterances, other frame geometry). Reads only."""
+    con = wh.connect()
+    tiered_views(con)
+    out = {}
     for other in runs[1:]:
+        try:
+            check_comparable(wh, runs[0], other, con)
+        except ValueError as err:
+            out[other] = {"refused": str(err)}
+            continue
         ks = set(analysed(wh, runs[0])) & set(analysed(wh, other))
         pair_k = k if k in ks else max(ks, default=None)
-        if not recompute and _comparison_is_current(wh, runs[0], other, pair_k):
+        out[other] = {"k": pair_k, "state": comparison_state(wh, runs[0], other, pair_k),
+                      "command": f"python -m pipeline compare --runs {runs[0]},{other}"
+                                 + (f" --k {pair_k}" if pair_k is not None and pair_k != max(ks, default=None) else "")
+                                 + _warehouse_arg(warehouse)}
+    return out
+
+
+def run_comparisons(wh: Warehouse, runs: Sequence[str], pairs: dict[str, dict], n: int | None, seed: int,
+                    every: bool) -> list[dict]:
+    """`compare` the first run with each comparable other run (`every`: all of them; else those whose
+    comparison is missing or stale) on n frames (None: compare's default), each one logged: what
+    `--recompute` and `--compare-n` ask for."""
+    done = []
+    for other, pair in pairs.items():
+        if "refused" in pair or (pair["state"] == "current" and not every):
             continue
-        try:
-            info = compare((runs[0], other), warehouse=str(wh.root), n=n, seed=seed, k=pair_k)
-        except ValueError as err:
-            log.warning("not comparing %s with %s: %s", runs[0], other, err)
-            refused[other] = str(err)
-            continue
+        sample = {} if n is None else {"n": n}
+        log.warning("report: running `compare --runs %s,%s%s --seed %d%s`", runs[0], other,
+                    "" if n is None else f" --n {n}", seed, "" if pair["k"] is None else f" --k {pair['k']}")
+        info = compare((runs[0], other), warehouse=str(wh.root), seed=seed, k=pair["k"], **sample)
+        pair["state"] = "current"
         done.append({key: info[key] for key in ("run", "other", "frames", "k", "total_s")})
-    return done, refused
+    return done
 
 
 def check_tier(con, runs: Sequence[str], tier: str, wh: Warehouse | None = None) -> None:
@@ -147,14 +193,19 @@ def disagreement_rules(counts) -> dict[str, str]:
 def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str = "storage/report",
                  k: int | None = None, methods: Sequence[str] = METHODS, map_points: int = 2000,
                  top_n: int = 15, seed: int = 0, tier: str = "phone", recompute: bool = False,
-                 png: bool = True, compare_n: int = 5000) -> Path:
+                 png: bool = True, compare_n: int | None = None) -> Path:
     """Build `<out>/index.html` (+ PNGs) for one or more runs; returns the HTML's path.
 
+    Draws what the warehouse holds and writes nothing to it: a map whose reduction is not committed,
+    or a comparison not made, is left out, and the page (and one logged line) names the `reduce` or
+    `compare` command that makes it.
     k: the k-means run to show (default: the largest k analysed for every run).
     tier: the labels: phone, word, or a `segments` tier every run has (e.g. ctc_greedy).
-    map_points: frames per map (the reductions' sample size when this computes them).
-    compare_n: frames in the CKA sample when this compares the first run with the others.
-    recompute: redo the reductions and comparisons even where committed ones exist.
+    map_points: frames per map (and the sample size of the reductions `recompute` makes).
+    recompute: first run `reduce` for every map (replacing committed reductions) and `compare` for
+        every pair of runs, logging each: the stages run explicitly, before drawing.
+    compare_n: first run `compare` on this many frames for each pair of runs whose comparison is
+        missing or stale (None: draw the comparisons committed).
     """
     t0 = time.perf_counter()
     check_tier_name(tier)
@@ -174,8 +225,13 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     check_tier(wh.connect(), runs, tier, wh)
     keys = {run: key_layers(layers[run]) for run in runs}
     plan = {run: {m: (layers[run] if m == "pca" else keys[run]) for m in methods} for run in runs}
-    reduced = ensure_reductions(wh, runs, plan, map_points, seed, recompute, tier)
+    reduced = run_reductions(wh, plan, map_points, seed, tier) if recompute else []
     t_reduce = time.perf_counter() - t0
+    lacking = missing_reductions(wh, warehouse, plan, layers, tier, seed)
+    have = {run: _committed_reductions(wh, run) for run in runs}
+
+    def drawable(panels, method: str) -> bool:
+        return all((layer, method) in have[run] for run, layer in panels)
 
     con = charts.connect(wh.root)
     table, table_params = charts.metric_table(con, runs, tier=tier)
@@ -195,36 +251,39 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     k_arg = k if k is not None else -1
     for run in runs:
         rule = rules.get(run, "")
-        figs = [charts.map_grid(con, [(run, l) for l in keys[run]], m, k_arg, n_points=map_points, top_n=top_n,
-                                seed=seed, colourings=colourings, tier=tier, rule=rule) for m in methods]
-        if "pca" in methods and len(layers[run]) > len(keys[run]):
-            figs.append(charts.map_grid(con, [(run, l) for l in layers[run]], "pca", k_arg,
+        panels = [(run, l) for l in keys[run]]
+        figs = [charts.map_grid(con, panels, m, k_arg, n_points=map_points, top_n=top_n, seed=seed,
+                                colourings=colourings, tier=tier, rule=rule) for m in methods if drawable(panels, m)]
+        every = [(run, l) for l in layers[run]]
+        if "pca" in methods and len(layers[run]) > len(keys[run]) and drawable(every, "pca"):
+            figs.append(charts.map_grid(con, every, "pca", k_arg,
                                         n_points=min(map_points, 1500), top_n=top_n, seed=seed,
                                         colourings=("phone_class", "disagreement"), name=f"map_pca_all_layers_{run}",
                                         title=f"PCA of every layer: {run}", panel_size=150, tier=tier, rule=rule))
-        sections.append(Section(f"Maps of {run}: {' | '.join(charts.layer_name(l) for l in keys[run])}", figs))
+        sections.append(Section(f"Maps of {run}: {' | '.join(charts.layer_name(l) for l in keys[run])}", figs,
+                                intro=_reduction_notes([m for m in lacking if m["run"] == run])))
     if len(runs) > 1:
         panels = [(runs[0], layers[runs[0]][0])] + [(r, layers[r][-1]) for r in runs]
         figs = [charts.map_grid(con, panels, m, k_arg, n_points=map_points, top_n=top_n, seed=seed,
                                 colourings=colourings, name=f"map_{m}_runs", tier=tier, rule=rules.get(runs[0], ""))
-                for m in methods]
+                for m in methods if drawable(panels, m)]
+        unmapped = [charts.METHOD_NAMES[m] for m in methods if not drawable(panels, m)]
         sections.append(Section("Runs side by side", figs,
                                 intro="The original's 'CNN | pre-trained | fine-tuned' figure: the first run's "
-                                      "CNN output, then the last layer of every run, on the same frames."))
+                                      "CNN output, then the last layer of every run, on the same frames."
+                                      + (f" Not drawn ({', '.join(unmapped)}): its reductions are missing, see the "
+                                         "maps of each run above." if unmapped else "")))
         t1 = time.perf_counter()
-        compared, refused = ensure_comparisons(wh, runs, compare_n, seed, k, recompute)
+        pairs = plan_comparisons(wh, warehouse, runs, k)
+        compared = (run_comparisons(wh, runs, pairs, compare_n, seed, every=recompute)
+                    if recompute or compare_n is not None else [])
         t_compare = time.perf_counter() - t1
-        con = charts.connect(wh.root)  # the views now include the comparison tables
-        others = [r for r in runs[1:] if r not in refused]
-        figs = [charts.cka_heatmap(con, runs[0], other) for other in others]
-        if others:
-            figs.append(charts.agreement_curves(con, runs[0], others, tier=tier))
-        intro = (f"{runs[0]} against {', '.join(others)} on the same frames: linear CKA between every pair of "
-                 "layers, and per layer how far the k-means clusterings of the two runs agree." if others else "")
-        intro += "".join(f" Not compared with {r}: {why}" for r, why in refused.items())
-        sections.append(Section("Model against model", figs, intro=intro.strip()))
+        if compared:
+            con = charts.connect(wh.root)  # the views now include the new comparison files
+        sections.append(comparison_section(con, runs[0], pairs, tier))
     else:
-        compared, refused, t_compare = [], {}, 0.0
+        pairs, compared, t_compare = {}, [], 0.0
+    refused = {other: pair["refused"] for other, pair in pairs.items() if "refused" in pair}
     if k is not None:
         heat = [charts.contingency_heatmap(con, run, k, keys[run], tier=tier) for run in runs if k in ks_by_run[run]]
         if heat:
@@ -237,15 +296,52 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
                 f"{tier} structure the same in every group, and does a clustering or a probe fitted on the other "
                 "groups work on this one as well as one fitted on the group itself?")))
     sections += transcript_sections(con, runs, disagreement, rules, tier)
+    commands = list(dict.fromkeys([m["command"] for m in lacking]
+                                  + [p["command"] for p in pairs.values() if p.get("state") in ("missing", "stale")]))
+    if commands:
+        log.warning("report for %s: %d command(s) would complete it: %s", ",".join(runs), len(commands),
+                    "; ".join(commands))
     overview = query(None, "run_overview", {}, con=con)
-    path = write_report(Path(out), runs, sections, table, overview, png=png,
+    path = write_report(Path(out), runs, sections, table, overview, png=png, todo=commands,
                         facts={"k": k, "tier": tier, "map_points": map_points, "seed": seed, "top_n": top_n,
                                "warehouse": str(wh.root), "reductions_computed": reduced,
                                "reduce_s": round(t_reduce, 1), "comparisons_computed": compared,
-                               "comparisons_refused": refused,
-                               "compare_s": round(t_compare, 1), "compare_n": compare_n})
+                               "comparisons_refused": refused, "compare_s": round(t_compare, 1),
+                               "compare_n": compare_n, "missing_reductions": lacking,
+                               "comparisons": pairs, "commands": commands})
     log.info("report for %s in %.1f s: %s", runs, time.perf_counter() - t0, path)
     return path
+
+
+def _reduction_notes(lacking: list[dict]) -> str:
+    """One sentence per missing reduction command: which maps it draws."""
+    by_command: dict[str, list[dict]] = {}
+    for m in lacking:
+        by_command.setdefault(m["command"], []).append(m)
+    return " ".join(
+        f"Not reduced yet ({', '.join(charts.METHOD_NAMES[m['method']] for m in group)} of "
+        f"{', '.join(charts.layer_name(l) for l in group[0]['layers'])}): run `{command}`."
+        for command, group in by_command.items())
+
+
+def comparison_section(con, run: str, pairs: dict[str, dict], tier: str = "phone") -> Section:
+    """"Model against model": CKA heatmaps and agreement curves of the committed comparisons, and a note
+    for each other run that is not compared (why, or the command that compares it)."""
+    others = [other for other, pair in pairs.items() if pair.get("state") in ("current", "stale")]
+    figs = [charts.cka_heatmap(con, run, other) for other in others]
+    if others:
+        figs.append(charts.agreement_curves(con, run, others, tier=tier))
+    intro = (f"{run} against {', '.join(others)} on the same frames: linear CKA between every pair of "
+             "layers, and per layer how far the k-means clusterings of the two runs agree." if others else "")
+    for other, pair in pairs.items():
+        if "refused" in pair:
+            intro += f" Not compared with {other}: {pair['refused']}"
+        elif pair["state"] == "missing":
+            intro += f" Not compared with {other} yet: run `{pair['command']}`."
+        elif pair["state"] == "stale":
+            intro += (f" The comparison with {other} predates the latest extract or analyze of a run (or used "
+                      f"another k): rerun `{pair['command']}`.")
+    return Section("Model against model", figs, intro=intro.strip())
 
 
 def transcript_sections(con, runs: Sequence[str], disagreement: charts.Figure, rules: dict[str, str],
@@ -279,7 +375,7 @@ table {{ border-collapse: collapse; font-size: 12px; margin: .5em 0; }}
 td, th {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}
 th {{ background: #f6f6f6; }} td.best {{ font-weight: bold; background: #eef5ff; }}
 .figure {{ margin: 1em 0 2em; }} .caption {{ color: #555; font-size: 12px; max-width: 900px; }}
-.chart {{ overflow-x: auto; }} .err {{ color: #b00; }} nav a {{ margin-right: 1em; }}
+.chart {{ overflow-x: auto; }} .err {{ color: #b00; }} .todo {{ color: #8a5a00; }} nav a {{ margin-right: 1em; }}
 </style></head>
 <body>
 <h1>{title}</h1>
@@ -345,7 +441,8 @@ def _overview_html(overview, runs) -> str:
 
 
 def write_report(out: Path, runs: Sequence[str], sections: list[Section], table, overview, png: bool = True,
-                 facts: dict | None = None) -> Path:
+                 facts: dict | None = None, todo: Sequence[str] = ()) -> Path:
+    """Write the page, its specs and PNGs, and report.json; `todo`: the commands that would complete it."""
     import vl_convert as vlc
 
     out.mkdir(parents=True, exist_ok=True)
@@ -353,6 +450,9 @@ def write_report(out: Path, runs: Sequence[str], sections: list[Section], table,
     (out / "specs").mkdir(exist_ok=True)
     vl_version = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
     specs, body, nav, figures = {}, [], [], []
+    if todo:
+        body.append("<p class='todo'>Not in the warehouse yet, so not drawn; these commands make it:</p><pre>"
+                    + "\n".join(html.escape(c) for c in todo) + "</pre>")
     body.append("<h2 id='runs'>Runs</h2>" + _overview_html(overview, runs))
     body.append("<h2 id='metrics'>Metric table</h2>" + _table_html(
         table, "Bold: the best layer of each run and k for that metric (every frame scored; silhouette on a sample)."))

@@ -1,18 +1,14 @@
-"""Stage 6: model against model on the same utterances.
+"""Stage 6: model against model on the same utterances → tables `cka` and `run_agreement`.
 
 Two runs of one corpus through two models (pre-trained and fine-tuned, wav2vec2 and HuBERT, …) are
-compared in two ways:
+compared in two ways (the measures are pure functions in `pipeline.algorithms.similarity`):
 
-- **linear CKA** (Kornblith et al. 2019, centred kernel alignment) between every layer of run A and
-  every layer of run B, on the same frames: a deterministic sample of at most `n` (utterance_id,
-  frame) keys both runs hold (`sql/compare_shared_keys.sql`, keys only), whose vectors are then
-  fetched layer by layer (`sql/compare_vectors.sql`). Each layer's sample matrix is centred once;
-  the linear kernel needs no n × n Gram matrix: CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) with the biased
-  HSIC estimator (`value`, in [0, 1], the paper's figures), and the same from row norms for the
-  unbiased HSIC estimator of Song et al. 2012 (`value_debiased`, ≈ 0 for unrelated representations
-  even when the sample is small against the dimension; may fall slightly below 0).
-  Cost: n·d_A·d_B multiply-adds per layer pair (5,000 frames, 768 × 768: 2.9 G); memory: run B's centred
-  layers plus one layer of A (5,000 × 768 float32 = 15 MB per layer).
+- **linear CKA** between every layer of run A and every layer of run B, on the same frames: a
+  deterministic sample of at most `n` (utterance_id, frame) keys both runs hold
+  (`sql/compare_shared_keys.sql`, keys only), whose vectors are then fetched layer by layer
+  (`sql/compare_vectors.sql`). `value` is CKA with the biased HSIC estimator, `value_debiased`
+  with the unbiased one. Memory: run B's centred layers plus one layer of A (5,000 × 768 float32
+  = 15 MB per layer).
 - **clustering agreement** per layer present in both runs: the k-means clusters of A against those
   of B (same k: `k`, or the largest k both runs analysed; same label tier: `tier`, or every tier
   both runs clustered with that k, since each tier's k-means is its own) on every frame both runs
@@ -28,7 +24,7 @@ Tables (Hive partitions `run` = A, `other` = B; a rerun replaces them):
     run_agreement/run=A/other=B/part-00000.parquet   layer, k, metric, value, n, tier
 committed as stage `compare.<B>` of run A (parameters, k, tiers, n, timings in the commit record).
 
-Proposed CLI (flags = the parameters of `compare`):
+CLI (flags = the parameters of `compare`):
     python -m pipeline compare --runs A,B [--n N] [--seed S] [--k K] [--tier T] [--warehouse DIR]
 """
 
@@ -37,13 +33,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from pipeline.algorithms import metrics as M
+from pipeline.algorithms.similarity import Centred, adjusted_rand_index, cka_pair
 from pipeline.stages.analyze import vectors
 from pipeline.warehouse.schemas import check_tier_name, tiered_views
 from pipeline.sql import query
@@ -70,75 +66,9 @@ AGREEMENT_METRICS = ("ami", "nmi", "ari", "mi", "homogeneity", "completeness", "
                      "label_purity")
 ANALYZE_STAGE = re.compile(r"^analyze\.k(\d+)\.")
 # Below this many multiply-adds per layer pair, BLAS runs on one thread: with torch's and FAISS's
-# OpenMP pools loaded, OpenBLAS's own threads made a 1,147 × 32 pair 90× slower (50 ms against
-# 0.55 ms on 2 busy cores). Larger products keep BLAS's default threads (a 5,000 × 768 pair: 0.48 s
-# on two threads here, 0.29 s on one while other jobs loaded both cores; a dedicated machine differs).
+# OpenMP pools loaded, OpenBLAS's own threads made small products many times slower than one thread.
+# Larger products keep BLAS's default threads.
 SMALL_PRODUCT = 1 << 26
-
-
-@dataclass(frozen=True)
-class Centred:
-    """One layer's sample matrix, centred once, with what every CKA of it needs."""
-
-    x: np.ndarray  # n × d float32, column means (float64) removed
-    gram_norm: float  # ‖XᵀX‖_F, float64 products
-    row_sq: np.ndarray  # ‖x_i‖², float64
-    total_sq: float  # Σ‖x_i‖² = tr(XXᵀ)
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> "Centred":
-        x = np.asarray(x, np.float32)
-        xc = (x - x.mean(axis=0, dtype=np.float64)).astype(np.float32)
-        x64 = xc.astype(np.float64)
-        row_sq = np.einsum("ij,ij->i", x64, x64)
-        return cls(xc, float(np.linalg.norm(x64.T @ x64)), row_sq, float(row_sq.sum()))
-
-    @property
-    def n(self) -> int:
-        return self.x.shape[0]
-
-
-def _debiased_hsic(xty: float, a: Centred, b: Centred) -> float:
-    """n(n-3)·HSIC_unbiased (Song et al. 2012) of two centred linear kernels, without the kernels
-    (Kornblith et al.'s feature-space form; the estimator does not change when features are centred)."""
-    n = a.n
-    return xty - n / (n - 2) * float(a.row_sq @ b.row_sq) + a.total_sq * b.total_sq / ((n - 1) * (n - 2))
-
-
-def cka_pair(a: Centred, b: Centred) -> tuple[float, float]:
-    """Linear CKA of two centred sample matrices of the same frames: (biased, debiased)."""
-    if a.n != b.n:
-        raise ValueError(f"CKA needs the same frames in both matrices, got {a.n} and {b.n} rows")
-    # float64 products (1.3x the time of float32 here): the debiased estimator subtracts terms of
-    # nearly equal size; the float32 copies only halve the memory of the layers held
-    xty = float(np.square(a.x.astype(np.float64).T @ b.x.astype(np.float64)).sum())  # ‖XᵀY‖²_F = tr(K_c L_c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        biased = np.float64(xty) / (a.gram_norm * b.gram_norm)  # NaN for a constant layer
-        self_a = _debiased_hsic(a.gram_norm ** 2, a, a)
-        self_b = _debiased_hsic(b.gram_norm ** 2, b, b)
-        debiased = _debiased_hsic(xty, a, b) / np.sqrt(self_a * self_b) if self_a > 0 and self_b > 0 else np.nan
-    return float(biased), float(debiased)
-
-
-def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
-    """Linear CKA of two n × d matrices whose rows are the same examples."""
-    biased, unbiased = cka_pair(Centred.of(x), Centred.of(y))
-    return unbiased if debiased else biased
-
-
-def adjusted_rand_index(counts: np.ndarray) -> float:
-    """ARI from a contingency table (scikit-learn's adjusted_rand_score, from pair counts)."""
-    c = np.asarray(counts, np.float64)
-    n = c.sum()
-    sum_sq = float(np.square(c).sum())
-    rows, cols = c.sum(axis=1), c.sum(axis=0)
-    tp = sum_sq - n
-    fp = float(np.square(cols).sum()) - sum_sq
-    fn = float(np.square(rows).sum()) - sum_sq
-    tn = n * n - fp - fn - sum_sq
-    if fn == 0 and fp == 0:
-        return 1.0
-    return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
 # ------------------------------------------------------------------------------------------- inputs

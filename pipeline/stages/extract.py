@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from pipeline.warehouse import schemas
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
+from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE
 from pipeline.stages.ingest import (
     SHARD_SIZE,
     Prepared,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 # a streamed recording buffers at most one row group per layer: 4 MiB keeps that far below the recording's
 # own samples (32 MiB per layer grew with the recording up to ~200 MB on a 1-hour one)
 STREAM_ROW_GROUP_BYTES = 4 * 1024 * 1024
-MAX_BATCH_SAMPLES = 16_000 * 160  # padded audio per forward pass: 160 s, ~0.6 GB of activations for base on CPU
+MAX_BATCH_SAMPLES = DEFAULT_MAX_BATCH_SAMPLES  # padded audio per forward pass (pipeline/model/batching.py)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class ExtractConfig:
     precision: str = "auto"  # compute: float32 on CPU, bfloat16 autocast on CUDA
     shard_size: int = SHARD_SIZE
     max_batch_samples: int = MAX_BATCH_SAMPLES
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     overwrite: bool = False
     progress: bool = True
 

@@ -102,7 +102,8 @@ class LabelCounts:
 def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
                    cache_dir: str | os.PathLike | None = None) -> CtcModel:
     """A wav2vec2-family `…ForCTC` checkpoint with its tokenizer; never `trust_remote_code`.
-    `default-ctc` is the demo model that `python -m pipeline demo-models` trains into `cache_dir`."""
+    Named models resolve as in `load_model` (pipeline/model/registry.py): `default-ctc` is the demo
+    model that `python -m pipeline demo-models` trains into `cache_dir`."""
     from transformers import AutoModelForCTC, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -110,14 +111,9 @@ def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
 
     hf_logging.disable_progress_bar()
     model_id = str(id_or_path)
-    if model_id == M.DEMO_CTC_MODEL_ID:
-        from pipeline.model.demo import resolve_demo_model
-
-        id_or_path = resolve_demo_model(cache_dir)
+    id_or_path = M.resolve_model(id_or_path, cache_dir)
     config = M.load_config(id_or_path, model_id)
-    if config.model_type not in M.SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{model_id}: model_type {config.model_type!r} is not supported; "
-                         f"expected one of {M.SUPPORTED_MODEL_TYPES}")
+    M.check_model_type(model_id, config)
     if getattr(config, "add_adapter", False):
         raise ValueError(f"{model_id}: the CTC head reads an adapter's output (add_adapter), whose frames are not "
                          "the conv encoder's; its labels would not line up with the run's frames")
@@ -132,18 +128,17 @@ def load_ctc_model(id_or_path: str | os.PathLike, device: str = "auto",
     if missing:
         raise ValueError(f"{model_id}: the checkpoint has no CTC head ({', '.join(sorted(missing))} missing); "
                          "transformers would initialise it at random. Use a fine-tuned CTC checkpoint")
-    M._refuse_missing_weights(model_id, id_or_path, model, info.get("missing_keys", []))
-    dev = M._resolve_device(device)
+    M.refuse_missing_weights(model_id, id_or_path, model, info.get("missing_keys", []))
+    dev = M.resolve_device(device)
     model.float().eval().requires_grad_(False).to(dev)
-    do_normalize, _, rate_hz = M._feature_extractor_facts(id_or_path, config)
-    if rate_hz != 16_000:
-        raise ValueError(f"{model_id}: feature extractor expects {rate_hz} Hz, the pipeline feeds 16000 Hz")
+    do_normalize, _, rate_hz = M.feature_extractor_facts(id_or_path, config)
+    M.check_sample_rate(model_id, rate_hz)
     blank = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
     id_to_token = {int(i): tok for tok, i in tokenizer.get_vocab().items()}
     return CtcModel(model=model, geometry=FrameGeometry.from_config(config, rate_hz), do_normalize=do_normalize,
                     blank=int(blank if blank is not None else 0), id_to_token=id_to_token,
                     delimiter=getattr(tokenizer, "word_delimiter_token", None), model_id=model_id,
-                    revision=M._revision(id_or_path), config_fingerprint=M.config_fingerprint(config), device=dev)
+                    revision=M.revision(id_or_path), config_fingerprint=M.config_fingerprint(config), device=dev)
 
 
 def log_probs(cm: CtcModel, wave: np.ndarray, max_chunk_s: float | None = MAX_CHUNK_S,

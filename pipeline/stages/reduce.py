@@ -1,11 +1,13 @@
 """Stage 4: 2-D maps of one layer's frames (PCA, t-SNE, UMAP) → the `reductions` table.
 
 PCA is fitted on every frame of the layer, streamed file by file (exact, one pass: sums of x and
-xᵀx; memory is one batch + d²), so its axes describe the whole layer, not the sample. The maps themselves are drawn for a
-balanced sample (`sql/balanced_sample.sql`: at most `per_label` frames per label, picked by a seeded
-hash), the same frames for every layer and method of a run, so maps can be set side by side.
-t-SNE and UMAP run on the sample's PCA coordinates (`pca_dims`, 50 by default), the usual
-pre-reduction that removes noise dimensions and makes the neighbour search cheap.
+xᵀx; memory is one batch + d²), so its axes describe the whole layer, not the sample. The maps
+themselves are drawn for a balanced sample (`sql/balanced_sample.sql`: at most `per_label` frames
+per label, picked by a seeded hash), the same frames for every layer and method of a run, so maps
+can be set side by side. t-SNE and UMAP run on the sample's PCA coordinates (`pca_dims`, 50 by
+default), the usual pre-reduction that removes noise dimensions and makes the neighbour search
+cheap. The algorithms are pure functions in `pipeline.algorithms.reduction`; this stage streams,
+samples, writes and commits.
 
 Table (Hive partitions after `run`):
     reductions/run/layer/method/part-00000   utterance_id, frame, label, x, y
@@ -17,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.algorithms.reduction import StreamingPCA, per_label_for, tsne_2d, umap_2d
 from pipeline.stages.analyze import layer_files, vectors
 from pipeline.warehouse.schemas import check_tier_name
 from pipeline.sql import query
@@ -40,72 +42,7 @@ REDUCTIONS_SCHEMA = pa.schema([
 ])
 PCA_BATCH_FRAMES = 16_384  # 16k × 1024-d as float64 = 128 MB per step
 
-_pca_cache: dict[str, "StreamingPCA"] = {}
-
-
-def per_label_for(counts: dict[str, int], n: int) -> int:
-    """The largest p with sum(min(count, p)) <= n: the balanced sample then has at most n frames."""
-    if not counts or n <= 0:
-        return 0
-    lo, hi = 0, max(counts.values())
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if sum(min(c, mid) for c in counts.values()) <= n:
-            lo = mid
-        else:
-            hi = mid - 1
-    return max(lo, 1)
-
-
-class StreamingPCA:
-    """Exact PCA of a stream of batches in one pass: float64 sums of x and xᵀx (shifted by the first
-    batch's mean, so large feature means do not cancel digits away), then one eigendecomposition.
-
-    Memory is d² doubles (8 MB for d = 1024); the result does not depend on the batch size, and
-    equals a full SVD of all frames to rounding. scikit-learn's IncrementalPCA, which the sketch of
-    this stage named, approximates the same thing with an SVD per batch (several times slower).
-    Attributes follow scikit-learn's PCA: components_, mean_, explained_variance_(ratio_),
-    n_components_, n_samples_seen_.
-    """
-
-    def __init__(self, n_components: int):
-        self.n_components = n_components
-        self.n_samples_seen_ = 0
-        self._shift = self._sum = self._gram = None
-
-    def partial_fit(self, x: np.ndarray) -> "StreamingPCA":
-        if self._shift is None:
-            self._shift = x.astype(np.float64).mean(axis=0)
-            self._sum = np.zeros_like(self._shift)
-            self._gram = np.zeros((len(self._shift), len(self._shift)))
-        xs = x.astype(np.float64) - self._shift
-        self.n_samples_seen_ += len(xs)
-        self._sum += xs.sum(axis=0)
-        self._gram += xs.T @ xs
-        return self
-
-    def finish(self) -> "StreamingPCA":
-        n = self.n_samples_seen_
-        if n < 2:
-            raise ValueError(f"a PCA needs at least 2 frames, got {n}")
-        mean = self._sum / n
-        cov = (self._gram - n * np.outer(mean, mean)) / (n - 1)
-        values, vectors_ = np.linalg.eigh(cov)
-        order = np.argsort(values)[::-1]
-        values, vectors_ = np.clip(values[order], 0, None), vectors_[:, order]
-        k = min(self.n_components, len(values))
-        components = vectors_[:, :k].T
-        signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])  # deterministic signs
-        self.components_ = components * signs[:, None]
-        self.mean_ = self._shift + mean
-        self.explained_variance_ = values[:k]
-        total = values.sum()
-        self.explained_variance_ratio_ = values[:k] / total if total > 0 else np.zeros(k)
-        self.n_components_ = k
-        return self
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x.astype(np.float64) - self.mean_) @ self.components_.T
+_pca_cache: dict[str, StreamingPCA] = {}
 
 
 def fit_pca(wh: Warehouse, run: str, layer: int, n_components: int = 50,
@@ -129,36 +66,6 @@ def fit_pca(wh: Warehouse, run: str, layer: int, n_components: int = 50,
         raise ValueError(f"run {run!r} layer {layer}: {pca.n_samples_seen_} frames, too few for a PCA")
     _pca_cache[key] = pca.finish()
     return _pca_cache[key]
-
-
-def _tsne(z: np.ndarray, perplexity: float, seed: int) -> tuple[np.ndarray, dict]:
-    perplexity = float(min(perplexity, max(1.0, (len(z) - 1) / 3)))
-    try:
-        import openTSNE  # FFT-accelerated, multi-threaded: ~10× scikit-learn's Barnes-Hut at 50k points
-
-        emb = openTSNE.TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed,
-                            n_jobs=1, verbose=False).fit(z)
-        return np.asarray(emb, np.float32), {"tsne_impl": f"openTSNE {openTSNE.__version__}", "perplexity": perplexity}
-    except ImportError:
-        import sklearn
-        from sklearn.manifold import TSNE
-
-        emb = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", method="barnes_hut",
-                   random_state=seed).fit_transform(z)
-        return emb.astype(np.float32), {"tsne_impl": f"scikit-learn {sklearn.__version__} barnes_hut",
-                                        "perplexity": perplexity}
-
-
-def _umap(z: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> tuple[np.ndarray, dict]:
-    import umap
-
-    n_neighbors = int(min(n_neighbors, len(z) - 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # umap warns that a random_state forces one thread: that is the point
-        emb = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
-                        n_jobs=1).fit_transform(z)
-    return emb.astype(np.float32), {"umap_impl": f"umap-learn {umap.__version__}", "n_neighbors": n_neighbors,
-                                    "min_dist": min_dist}
 
 
 def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int = 5000, seed: int = 0,
@@ -194,10 +101,10 @@ def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int
     if method == "pca":
         xy = z[:, :2] if z.shape[1] >= 2 else np.column_stack([z[:, 0], np.zeros(len(z), np.float32)])
     elif method == "tsne":
-        xy, extra = _tsne(z, perplexity, seed)
+        xy, extra = tsne_2d(z, perplexity, seed)
         params |= extra
     else:
-        xy, extra = _umap(z, n_neighbors, min_dist, seed)
+        xy, extra = umap_2d(z, n_neighbors, min_dist, seed)
         params |= extra
     evr = [float(v) for v in pca.explained_variance_ratio_]
     table = pa.table({
