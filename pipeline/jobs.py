@@ -12,22 +12,22 @@ import logging
 import os
 from typing import Iterator, Sequence
 
+from pipeline.warehouse import Warehouse, keys
 from pipeline.warehouse import lock as runlock
-from pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-# the commit stages each command writes: a stage is checked when it equals a prefix or starts with "prefix."
+# the kinds of commit stage (pipeline.warehouse.keys) each command writes
 STAGES = {
-    "ingest": ("ingest",),
-    "extract": ("extract",),
-    "labels": ("labels",),
-    "analyze": ("analyze",),
-    "reduce": ("reduce",),
-    "compare": ("compare",),
-    "transcripts": ("transcripts",),
-    "metadata": ("metadata",),
-    "report": ("reduce", "compare"),  # report computes missing reductions and comparisons
+    "ingest": (keys.INGEST,),
+    "extract": (keys.EXTRACT,),
+    "labels": (keys.LABELS,),
+    "analyze": (keys.ANALYZE,),
+    "reduce": (keys.REDUCE,),
+    "compare": (keys.COMPARE,),
+    "transcripts": (keys.TRANSCRIPTS,),
+    "metadata": (keys.METADATA,),
+    "report": (keys.REDUCE, keys.COMPARE),  # report --recompute / --compare-n runs reduce and compare
 }
 
 
@@ -51,9 +51,8 @@ def writing_job(warehouse: str | os.PathLike, command: str, runs: Sequence[str],
                 for run in sorted(set(runs)):
                     if wh.read_facts(run) is None:
                         continue  # nothing of this run was written (report of a run in another warehouse)
-                    prefixes = STAGES.get(command, ())
-                    stages = {s for (_, s, _) in wh.commit_records(run)
-                              if any(s == p or s.startswith(p + ".") for p in prefixes)}
+                    kinds = STAGES.get(command, ())
+                    stages = {s for (_, s, _) in wh.commit_records(run) if keys.kind(s) in kinds}
                     check_written(wh, run, stages)
             if int(os.environ.get("RANK", 0)) == 0:
                 _refresh_views(wh)

@@ -8,25 +8,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from pipeline.algorithms.similarity import Centred, adjusted_rand_index, cka_pair, linear_cka
-
-
-def gram_cka(x: np.ndarray, y: np.ndarray, debiased: bool) -> float:
-    """Kornblith et al.'s CKA from n × n Gram matrices: biased = HKH centring, debiased = U-centring."""
-    def centre(gram):
-        gram = gram.copy()
-        n = len(gram)
-        if debiased:
-            np.fill_diagonal(gram, 0)
-            means = gram.sum(axis=0) / (n - 2)
-            means -= means.sum() / (2 * (n - 1))
-            gram -= means[:, None] + means[None, :]
-            np.fill_diagonal(gram, 0)
-            return gram
-        h = np.eye(n) - 1.0 / n
-        return h @ gram @ h
-
-    k, lm = centre(x @ x.T), centre(y @ y.T)
-    return float((k * lm).sum() / (np.linalg.norm(k) * np.linalg.norm(lm)))
+from pipeline.testing import gram_cka
 
 
 def test_linear_cka_of_matrices_equals_the_gram_form_when_n_is_small_against_d():

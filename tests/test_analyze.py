@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_checks
 
 from pipeline.stages.analyze import AnalyzeConfig, analyze
 from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.warehouse import Warehouse
+from pipeline.sql import run_checks
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_spectral_frames_cluster_by_phone_far_above_shuffled(embedded_run):
 
 
 def test_analyze_explains_a_missing_run(tmp_path):
-    with pytest.raises(ValueError, match="run `extract` first"):
+    with pytest.raises(ValueError, match=r"run 'nothing' has no extracted frames.*`python -m pipeline extract` first"):
         analyze(AnalyzeConfig(run="nothing", warehouse=str(tmp_path)))
 
 
@@ -80,7 +80,7 @@ def test_segment_tier_gives_what_the_frames_column_gives(embedded_run):
     by_column = analyze(AnalyzeConfig(tier="phone", **kwargs))[0]
     by_segments = analyze(AnalyzeConfig(tier="phone_copy", **kwargs))[0]
     assert by_segments == pytest.approx(by_column, abs=1e-12)
-    with pytest.raises(ValueError, match="has no tier 'nope'"):
+    with pytest.raises(ValueError, match=r"run\(s\) \['emb'\] have no tier 'nope'"):
         analyze(AnalyzeConfig(tier="nope", **kwargs))
     assert isinstance(labels, pa.Array)
 

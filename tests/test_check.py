@@ -17,7 +17,7 @@ from pipeline.stages.analyze import CLUSTERS_SCHEMA, AnalyzeConfig, analyze
 from pipeline.stages.reduce import reduce
 from pipeline.warehouse.schemas import SEGMENTS, UTTERANCES
 from pipeline.warehouse import FileRecord, Warehouse
-from test_reduce import make_frames_warehouse
+from pipeline.testing import make_frames_warehouse
 
 GEOMETRY = {"receptive_field_samples": 400, "hop_samples": 320, "sample_rate_hz": 16000}
 K = 4

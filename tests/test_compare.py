@@ -15,17 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_timit, run_checks, tone, write_timit_utt
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
-from test_algorithms_similarity import gram_cka
-from test_model import _config
 
 from pipeline.stages.analyze import AnalyzeConfig, analyze, vectors
 from pipeline.stages.compare import CKA_SCHEMA, analysed, common_k, compare
 from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.warehouse.schemas import frames_schema
-from pipeline.sql import query
+from pipeline.sql import query, run_checks
 from pipeline.warehouse import Warehouse
+from pipeline.testing import gram_cka, make_timit, tiny_config, tone, write_timit_utt
 
 PHONES = ["h#", "sh", "iy", "s", "aa", "n", "t", "h#"]
 LAYERS = [-1, 0, 1, 2]  # the tiny models: CNN (16-d), transformer input and 2 layers (32-d)
@@ -36,7 +34,7 @@ def save_tiny_model(folder: Path, seed: int) -> Path:
     import transformers
 
     torch.manual_seed(seed)
-    transformers.AutoModel.from_config(_config("wav2vec2-group")).save_pretrained(folder)
+    transformers.AutoModel.from_config(tiny_config("wav2vec2-group")).save_pretrained(folder)
     return folder
 
 

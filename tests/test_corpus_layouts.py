@@ -12,13 +12,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import audio_bytes, make_hf_parquet, make_timit, run_checks, tone, write_timit_utt
 
 from pipeline.corpus import audio
 from pipeline.stages.ingest import ingest
 from pipeline.corpus.records import Quarantine
 from pipeline.corpus.sources import SourceSpec, iter_items
 from pipeline.warehouse import Warehouse
+from pipeline.sql import run_checks
+from pipeline.testing import audio_bytes, make_hf_parquet, make_timit, tone, write_timit_utt
 
 GRID = """File type = "ooTextFile"
 Object class = "TextGrid"

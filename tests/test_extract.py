@@ -11,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_bad_timit, make_timit, run_checks, write_timit_utt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.stages.extract import ExtractConfig, extract, frame_labels
 from pipeline.corpus.records import Segment
 from pipeline.warehouse import Warehouse
+from pipeline.sql import run_checks
+from pipeline.testing import make_bad_timit, make_timit, write_timit_utt
+
+REPO = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 

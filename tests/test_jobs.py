@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_timit
 from pipeline.warehouse import lock
 from pipeline.cli import main
 from pipeline.jobs import writing_job
 from pipeline.warehouse import Warehouse
+from pipeline.testing import make_timit
+
+REPO = Path(__file__).resolve().parents[1]
 
 HOLD = r"""
 import sys, time

@@ -14,41 +14,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import audio_bytes, make_timit, run_checks, tone
 from pipeline.algorithms import ctc
 from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.stages.labels import TierConflict, labels, load_ctc_model
 from pipeline.model import normalize_waveform
 from pipeline.warehouse import Warehouse
+from pipeline.sql import run_checks
+from pipeline.testing import CTC_VOCAB as VOCAB, audio_bytes, make_timit, save_tiny_ctc, segments_of, tone
 
 RATE = 16_000
-VOCAB = ["<pad>", "<unk>", "|", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ"]  # <pad> (id 0) is the CTC blank
-GEOMETRY = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
-
-
-def save_tiny_ctc(folder: Path, seed: int = 0, head: str = "Wav2Vec2ForCTC", **overrides) -> Path:
-    """A random Wav2Vec2ForCTC with a character vocabulary, tokenizer and feature extractor, saved like a
-    fine-tuned checkpoint. The head's weights are scaled up so that the argmax changes from frame to frame."""
-    import transformers
-    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(VOCAB)}))
-    Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), pad_token="<pad>", unk_token="<unk>",
-                         word_delimiter_token="|").save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(folder)
-    config = Wav2Vec2Config(**{**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, vocab_size=len(VOCAB), pad_token_id=0, conv_bias=True,
-                                      feat_extract_norm="layer", do_stable_layer_norm=True,
-                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, **GEOMETRY),
-                               **overrides})
-    torch.manual_seed(seed)
-    model = getattr(transformers, head)(config)
-    if hasattr(model, "lm_head"):
-        with torch.no_grad():
-            model.lm_head.weight.normal_(0.0, 2.0)
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +39,6 @@ def timit_run(tmp_path_factory, ctc_model):
     extract(ExtractConfig(run="r", model=str(ctc_model), format="timit", corpus=str(corpus), warehouse=str(wh),
                           layers="2", shard_size=2, progress=False, device="cpu"))
     return wh, corpus
-
-
-def segments_of(wh: Path, tier: str) -> dict[str, list[tuple]]:
-    rows = Warehouse(wh).connect().sql(
-        "select utterance_id, idx, label, start_s, end_s, source from segments where run = 'r' and tier = $tier "
-        "order by utterance_id, idx", params={"tier": tier}).fetchall()
-    out: dict[str, list[tuple]] = {}
-    for uid, *rest in rows:
-        out.setdefault(uid, []).append(tuple(rest))
-    return out
 
 
 @torch.inference_mode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_timit
 
 from pipeline.stages.analyze import AnalyzeConfig, analyze
 from pipeline.stages.extract import ExtractConfig, extract
@@ -12,6 +11,7 @@ from pipeline.stages.metadata import attach_metadata, read_attributes
 from pipeline.corpus.sources import SourceSpec
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
+from pipeline.testing import make_timit
 
 
 def test_read_kaldi_and_csv(tmp_path):

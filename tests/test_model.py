@@ -25,48 +25,16 @@ from hypothesis import strategies as st
 from pipeline import model as M
 from pipeline.algorithms.geometry import FrameGeometry
 from pipeline.model import batching, forward
+from pipeline.testing import TINY_FAMILIES as FAMILIES, save_tiny
 
 RATE = 16_000
-GEOMETRY = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
-COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=12,
-              mask_time_prob=0.5, mask_time_length=2, num_conv_pos_embedding_groups=2, **GEOMETRY)
 BATCH_TOL = 1e-5
 CHUNK_TOL = 2e-2
 EXACT_LAYERS_CHUNK_TOL = 1e-5
 LENGTHS = [400, 401, 719, 720, 3200, 5000, 5000, 16_000, 12_345]
 
 
-def _config(family: str):
-    from transformers import Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig
-
-    group = dict(feat_extract_norm="group", do_stable_layer_norm=False, num_conv_pos_embeddings=16)
-    layer = dict(feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=16)
-    return {
-        "wav2vec2-group": lambda: Wav2Vec2Config(**group, **COMMON),
-        "wav2vec2-layer": lambda: Wav2Vec2Config(**layer, **COMMON),
-        "hubert-group": lambda: HubertConfig(**group, **COMMON),
-        "hubert-layer": lambda: HubertConfig(**layer, feat_proj_layer_norm=False, **COMMON),
-        "wavlm-group": lambda: WavLMConfig(**group, num_buckets=32, max_bucket_distance=64, **COMMON),
-        "data2vec-audio": lambda: Data2VecAudioConfig(num_conv_pos_embeddings=5, conv_pos_kernel_size=5, **COMMON),
-    }[family]()
-
-
-FAMILIES = ["wav2vec2-group", "wav2vec2-layer", "hubert-group", "hubert-layer", "wavlm-group", "data2vec-audio"]
 GROUP_NORM = [f for f in FAMILIES if f.endswith("-group")]
-
-
-def save_tiny(folder: Path, family: str, head: str = "AutoModel") -> Path:
-    """A random-weight checkpoint (seed 0) saved like any other: config.json + model.safetensors."""
-    import transformers
-
-    config = _config(family)
-    torch.manual_seed(0)
-    if head == "AutoModel":
-        model = transformers.AutoModel.from_config(config)
-    else:
-        model = getattr(transformers, head)(config)
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import model as M
-from test_model import save_tiny
+from pipeline.testing import save_tiny
 
 EVIL_CODE = """from pathlib import Path
 Path({marker!r}).write_text("the checkpoint's code ran")

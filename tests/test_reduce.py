@@ -11,59 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.stages.reduce import REDUCTIONS_SCHEMA, _pca_cache, fit_pca, reduce, reduce_many
-from pipeline.warehouse.schemas import UTTERANCES, frames_schema
 from pipeline.warehouse import Warehouse
-
-PHONES = ["sil", "a", "i:", "s", "t", "n", "l", "D"]  # espeak-ng mnemonics: classes from the embedded JSON
-SPEAKERS = ["spk-a", "spk-b", "spk-c"]
-
-
-def make_frames_warehouse(root: Path, run: str = "syn", layers=(-1, 0, 1, 2), n_utts: int = 12, dim: int = 16,
-                          seed: int = 0, vector_fn=None, n_shards: int = 2) -> Path:
-    """A warehouse with extracted-looking frames (no model): utterances of phones 3–7 frames long,
-    sil at both ends, two unlabelled frames at the end; vectors = phone centre (sharper with depth)
-    + speaker offset (strong in the CNN layer) + noise, stored float16 like `extract` does.
-    The labels do not depend on `seed` (two runs of one corpus); the vectors do."""
-    rng = np.random.default_rng(seed)
-    corpus_rng = np.random.default_rng(1234)
-    wh = Warehouse(root)
-    wh.ensure_facts(run, {"layers": list(layers), "model": {"num_layers": max(layers), "model_id": "synthetic"},
-                          "dtype": "float16"})
-    centres = {p: rng.standard_normal(dim) * 3 for p in PHONES}
-    speaker_offsets = {s: rng.standard_normal(dim) * 3 for s in SPEAKERS}
-    utts = []
-    for u in range(n_utts):
-        labels = ["sil"] * 4
-        for _ in range(6):
-            labels += [PHONES[1 + corpus_rng.integers(len(PHONES) - 1)]] * int(corpus_rng.integers(3, 8))
-        labels += ["sil"] * 4 + [None, None]
-        utts.append((f"{SPEAKERS[u % 3]}/{u:03d}", SPEAKERS[u % 3], labels))
-    shards = np.array_split(np.arange(n_utts), n_shards)
-    for shard, idx in enumerate(shards):
-        chosen = [utts[i] for i in idx]
-        corpus = pa.Table.from_pylist([{
-            "utterance_id": uid, "corpus": "synthetic", "speaker": spk, "split": "train",
-            "n_samples": 320 * len(lab) + 80, "sample_rate_hz": 16000, "source_sample_rate_hz": 16000,
-            "source_channels": 1, "duration_s": (320 * len(lab) + 80) / 16000, "text": "",
-            "metadata": [("gender", "female" if spk == "spk-b" else "male"), ("split", "train")],
-        } for uid, spk, lab in chosen], schema=UTTERANCES)
-        files = [wh.write("utterances", corpus, run, shard)]
-        for layer in layers:
-            rows = []
-            for uid, spk, lab in chosen:
-                for f, p in enumerate(lab):
-                    if vector_fn is not None:
-                        v = vector_fn(uid, f, layer)
-                    else:
-                        sharp = 1.0 + layer + 1  # deeper layers separate phones better
-                        v = (centres[p or "sil"] * sharp + speaker_offsets[spk] * (3 if layer == -1 else 0.5)
-                             + rng.standard_normal(dim))
-                    rows.append({"utterance_id": uid, "frame": f, "time_s": (320 * f + 200) / 16000, "phone": p,
-                                 "word": None if p in (None, "sil") else "w", "vector": np.asarray(v, np.float16)})
-            table = pa.Table.from_pylist(rows, schema=frames_schema(dim, "float16"))
-            files.append(wh.write("frames", table, run, shard, layer=layer))
-        wh.commit(run, "extract", shard, files)
-    return root
+from pipeline.testing import SYNTHETIC_PHONES as PHONES, make_frames_warehouse
 
 
 def read_reduction(root: Path, run: str, layer: int, method: str) -> pa.Table:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import reference_dir
 
 from pipeline.algorithms.kmeans import assign, fit_kmeans
 from pipeline.algorithms.metrics import cluster_metrics
@@ -29,14 +28,14 @@ INERTIA_REL_TOL = 0.02
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
-    folder = reference_dir()
+def reference(reference_dir: Path) -> dict:
+    folder = reference_dir
     return json.loads((folder / "reference_metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def frames():
-    path = reference_dir() / "frames.parquet"
+def frames(reference_dir: Path):
+    path = reference_dir / "frames.parquet"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == FRAMES_SHA256, f"{path} changed: sha256 {digest}, expected {FRAMES_SHA256}"
     return pq.read_table(path)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import reference_dir
 
 from pipeline.algorithms import cer as C
 from pipeline.algorithms import disagreement as D
@@ -26,8 +25,8 @@ CER_TOL = 5e-5
 
 
 @pytest.fixture(scope="module")
-def data():
-    folder = reference_dir()
+def data(reference_dir: Path):
+    folder = reference_dir
     frames = pq.read_table(folder / "frames.parquet", columns=[
         "label_id", "label", "error_category", "kmeans_pre_raw", "kmeans_fine_raw", "kmeans_cnn_raw"])
     recordings = pq.read_table(folder / "recordings.parquet").to_pylist()

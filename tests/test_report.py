@@ -19,7 +19,6 @@ import pyarrow as pa
 import pytest
 import vl_convert as vlc
 from altair.vegalite.v6.schema import load_schema
-from conftest import run_checks
 
 from pipeline import cli
 from pipeline.report import charts
@@ -29,9 +28,9 @@ from pipeline.algorithms.phone_classes import ARPABET, CLASSES, TIMIT, classify,
 from pipeline.report import build_report, key_layers
 from pipeline.stages.reduce import reduce_many
 from pipeline.warehouse.schemas import SEGMENTS
-from pipeline.sql import query
+from pipeline.sql import query, run_checks
 from pipeline.warehouse import Warehouse
-from test_reduce import make_frames_warehouse
+from pipeline.testing import make_frames_warehouse
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

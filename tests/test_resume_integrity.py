@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_hf_parquet, make_textgrid_corpus, make_timit, write_timit_utt
 
 import pipeline.stages.extract
 import pipeline.stages.ingest
@@ -22,6 +21,9 @@ from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.stages.ingest import CorpusChanged, corpus_fingerprint, ingest, prepare_shard
 from pipeline.corpus.sources import SourceItem, SourceSpec
 from pipeline.warehouse import FactsMismatch, Warehouse
+from pipeline.testing import make_hf_parquet, make_textgrid_corpus, make_timit, write_timit_utt
+
+REPO = Path(__file__).resolve().parents[1]
 
 FIRST = "TRAIN/DR1/FAKS0/SA1"  # sorts before the four utterances of make_timit: every shard shifts
 REAL_COMMIT = Warehouse.commit
@@ -245,7 +247,7 @@ def test_an_exception_while_preparing_is_the_items_quarantine(tmp_path, monkeypa
 
 
 def test_prepare_shard_quarantines_any_exception():
-    from conftest import audio_bytes, tone
+    from pipeline.testing import audio_bytes, tone
 
     def broken_tiers(rate):
         raise TypeError("unsupported operand type(s) for /: 'NoneType' and 'int'")

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import REPO, make_timit, run_checks
-from test_labels import save_tiny_ctc, segments_of
 
 from pipeline.report import charts
 from pipeline.stages.analyze import AnalyzeConfig, analyze
@@ -21,9 +19,12 @@ from pipeline.stages.labels import TierConflict, labels
 from pipeline.stages.reduce import reduce
 from pipeline.report import build_report
 from pipeline.warehouse.schemas import check_tier_name, tiered_views
-from pipeline.sql import query
+from pipeline.sql import query, run_checks
 from pipeline.stages.transcripts import TranscriptsConfig, transcripts
 from pipeline.warehouse import Warehouse
+from pipeline.testing import make_timit, save_tiny_ctc, segments_of
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _labels_cli(wh: Path, model: Path, **env: str) -> subprocess.CompletedProcess:

@@ -20,10 +20,10 @@ from typing import Iterable, Mapping, Sequence
 import edlib
 import numpy as np
 
-from pipeline.algorithms.ctc import BLANK_LABEL, collapse
+from pipeline.algorithms.ctc import BLANK_LABEL, WORD_DELIMITER, collapse
 from pipeline.algorithms.metrics import majority_mapping
 
-WORD_BOUNDARY = "|"
+WORD_BOUNDARY = WORD_DELIMITER  # the CTC word delimiter, a space in text
 UNKNOWN_CHAR = "\ufffd"  # stands for a multi-character token (<unk>, <s>) in a hypothesis
 GAP = "-"  # the original's gap symbol in aligned strings
 

@@ -35,7 +35,8 @@ SOURCE_FORCED = "ctc_forced"
 # word tier (TIMIT, TextGrid, hub word_detail, embedded) would otherwise get two rows per key.
 TIER_CHAR = "ctc_char"
 TIER_WORD = "ctc_word"
-WORD_DELIMITERS = ("|", " ")
+WORD_DELIMITER = "|"  # wav2vec2 CTC vocabularies' word boundary token
+WORD_DELIMITERS = (WORD_DELIMITER, " ")
 
 
 def collapse(frame_ids, blank: int = 0) -> tuple[np.ndarray, np.ndarray]:

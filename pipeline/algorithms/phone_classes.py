@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.algorithms.ctc import BLANK_LABEL, WORD_DELIMITER
+
 EMBEDDED_JSON = Path(__file__).resolve().parents[1] / "corpus" / "embedded" / "phone_classes.json"
 CLASSES = ("vowel", "diphthong", "approximant", "nasal", "fricative", "affricate", "stop", "closure", "silence", "other")
 
@@ -47,7 +49,14 @@ ARPABET = _table({
     "stop": "B D G K P T DX",
     "silence": "SIL SP",
 })
-SILENCE_WORDS = {"", "sil", "sp", "<sil>", "<eps>", "_", "|", "<blank>"}  # MFA's spn (spoken noise) stays "other"
+
+# Silence, the one place for its labels (three sets for three uses):
+SILENCE = "sil"  # the pause label the corpus readers write (an empty TextGrid interval, the embedded corpus)
+# labels whose class is silence in any inventory, compared lower-cased; MFA's spn (spoken noise) stays "other"
+SILENCE_WORDS = {"", SILENCE, "sp", "<sil>", "<eps>", "_", WORD_DELIMITER, BLANK_LABEL}
+# labels `analyze --no-silence` leaves out (exact match): pauses of the corpora, TIMIT's h#, pau, epi, MFA's sp
+# and spn, the CTC blank and word delimiter
+SILENCE_LABELS = (SILENCE, "h#", "pau", "epi", "sp", "spn", BLANK_LABEL, WORD_DELIMITER)
 
 # espeak-ng 1.51 mnemonics (stress marks stripped), used when the embedded JSON is absent.
 ESPEAK = _table({

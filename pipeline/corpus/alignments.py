@@ -14,6 +14,7 @@ import math
 import numbers
 from pathlib import Path
 
+from pipeline.algorithms.phone_classes import SILENCE
 from pipeline.corpus.audio import regular_file
 from pipeline.corpus.records import Quarantine, Segment
 
@@ -21,7 +22,6 @@ Interval = tuple[float, float, str]
 
 END_TOLERANCE_S = 0.010  # an interval may end this far past the audio; it is clipped
 OVERLAP_TOLERANCE_S = 1e-6  # float noise in TextGrid times
-SILENCE = "sil"
 
 
 def read_text(path: Path) -> str:

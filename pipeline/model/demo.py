@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.algorithms.cer import edit_distance
+from pipeline.algorithms.phone_classes import SILENCE
 from pipeline.algorithms.ctc import collapse
 from pipeline.corpus import embedded
 from pipeline.corpus.audio import decode
@@ -61,7 +62,6 @@ from pipeline.model.forward import extract
 from pipeline.model.loading import load_model
 from pipeline.model.registry import DEMO_CTC_MODEL_ID, default_model_path, ensure_default_model, seeded
 
-SILENCE = "sil"
 BLANK, UNK = "<pad>", "<unk>"  # id 0 is the CTC blank, as in every wav2vec2 CTC checkpoint
 TRAINING_FACTS = "training.json"
 

@@ -37,12 +37,12 @@ from typing import Sequence
 import altair as alt
 
 from pipeline.report import charts
-from pipeline.stages.compare import analysed, check_comparable, compare
-from pipeline.stages.labels import check_tier_complete
-from pipeline.stages.reduce import METHODS, reduce
-from pipeline.warehouse.schemas import FRAME_TIERS, check_tier_name, tiered_views
 from pipeline.sql import query
-from pipeline.warehouse import Warehouse
+from pipeline.stages.compare import analysed, check_comparable, compare
+from pipeline.stages.inputs import extracted_facts, require_tier
+from pipeline.stages.reduce import METHODS, reduce
+from pipeline.warehouse import Warehouse, keys
+from pipeline.warehouse.schemas import check_tier_name
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def key_layers(layers: Sequence[int]) -> list[int]:
 def _committed_reductions(wh: Warehouse, run: str) -> set[tuple[int, str]]:
     have = set()
     for (_, stage, shard) in wh.commits(run):
-        if stage.startswith("reduce."):
-            have.add((int(shard), stage.split(".", 1)[1]))
+        method = keys.parse_reduce(stage)
+        if method is not None:
+            have.add((keys.shard_layer(shard), method))
     return have
 
 
@@ -118,11 +119,11 @@ def run_reductions(wh: Warehouse, plan: dict[str, dict[str, list[int]]], n: int,
 def comparison_state(wh: Warehouse, run: str, other: str, k: int | None) -> str:
     """'current': a committed `compare` of (run, other) with this k, newer than both runs' frames and
     clusters; 'stale': one that is not; 'missing': none."""
-    done = [rec for (_, stage, _), rec in wh.commits(run).items() if stage == f"compare.{other}"]
+    done = [rec for (_, stage, _), rec in wh.commits(run).items() if stage == keys.compare_stage(other)]
     if not done:
         return "missing"
     inputs = [rec["time"] for r in {run, other} for (_, stage, _), rec in wh.commits(r).items()
-              if stage.startswith(("extract", "analyze."))]
+              if keys.kind(stage) in (keys.EXTRACT, keys.ANALYZE)]
     return "current" if done[0].get("k") == k and all(t <= done[0]["time"] for t in inputs) else "stale"
 
 
@@ -131,7 +132,6 @@ def plan_comparisons(wh: Warehouse, warehouse: str, runs: Sequence[str], k: int 
     compare when both runs have it, else the largest k both have), or {refused: why} when the two
     cannot be compared (no shared utterances, other frame geometry). Reads only."""
     con = wh.connect()
-    tiered_views(con)
     out = {}
     for other in runs[1:]:
         try:
@@ -164,22 +164,6 @@ def run_comparisons(wh: Warehouse, runs: Sequence[str], pairs: dict[str, dict], 
         pair["state"] = "current"
         done.append({key: info[key] for key in ("run", "other", "frames", "k", "total_s")})
     return done
-
-
-def check_tier(con, runs: Sequence[str], tier: str, wh: Warehouse | None = None) -> None:
-    """A tier other than the frames' phone and word columns must be a `segments` tier of every run
-    (and, when `labels` made it, complete: `pipeline.stages.labels.check_tier_complete`, given `wh`)."""
-    check_tier_name(tier)
-    if tier in FRAME_TIERS:
-        return
-    found = query(None, "report_tiers", {"runs": ",".join(runs)}, con=con).to_pylist()
-    lacking = [run for run in runs if (run, tier) not in {(r["run"], r["tier"]) for r in found}]
-    if lacking:
-        offered = sorted({r["tier"] for r in found} | set(FRAME_TIERS))
-        raise ValueError(f"run(s) {lacking} have no tier {tier!r}: use one of {offered} (CTC tiers come from "
-                         "`python -m pipeline labels`)")
-    for run in runs if wh is not None else ():
-        check_tier_complete(wh, run, tier)
 
 
 def disagreement_rules(counts) -> dict[str, str]:
@@ -215,14 +199,8 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown reduction method(s) {unknown}: use some of {', '.join(METHODS)}")
-    layers = {}
-    for run in runs:
-        facts = wh.read_facts(run)
-        if not facts or not facts.get("layers"):
-            raise ValueError(f"run {run!r} has no extracted frames in {wh.root} (runs there: {wh.runs()}); "
-                             "run `python -m pipeline extract` first")
-        layers[run] = sorted(facts["layers"])
-    check_tier(wh.connect(), runs, tier, wh)
+    layers = {run: sorted(extracted_facts(wh, run)["layers"]) for run in runs}
+    require_tier(wh, runs, tier)
     keys = {run: key_layers(layers[run]) for run in runs}
     plan = {run: {m: (layers[run] if m == "pca" else keys[run]) for m in methods} for run in runs}
     reduced = run_reductions(wh, plan, map_points, seed, tier) if recompute else []

@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.algorithms.phone_classes import CLASSES, classify
-from pipeline.warehouse.schemas import tiered_views
 from pipeline.sql import query
 from pipeline.warehouse import Warehouse
 
@@ -41,27 +40,6 @@ NO_DISAGREEMENT_DATA = "no references"
 COLOURINGS = ("phone_class", "label", "speaker", "cluster", "disagreement", "metadata")
 MAX_METADATA_VALUES = 20  # a metadata key with more distinct values than this is left out of the colour menu
 
-# Empty views for stages that have not run yet, so every report query runs on any warehouse.
-EMPTY_VIEWS = {
-    "reductions": "utterance_id varchar, frame integer, label varchar, x float, y float, run varchar, "
-                  "layer bigint, method varchar",
-    "clusters": "utterance_id varchar, frame integer, cluster integer, distance float, tier varchar, run varchar, "
-                "layer bigint, k bigint",
-    "metrics": "metric varchar, value double, n bigint, run varchar, layer bigint, k bigint, tier varchar, "
-               "subset varchar",
-    "cka": "layer bigint, other_layer bigint, value double, value_debiased double, n bigint, run varchar, "
-           "other varchar",
-    "run_agreement": "layer bigint, k bigint, metric varchar, value double, n bigint, tier varchar, run varchar, "
-                     "other varchar",
-    "group_metrics": "group_value varchar, metric varchar, value double, n bigint, run varchar, layer bigint, "
-                     "k bigint, tier varchar, attribute varchar",
-    "decoded": "utterance_id varchar, hypothesis varchar, reference varchar, n_edits bigint, "
-               "n_reference_chars bigint, cer double, tier varchar, run varchar, layer bigint, k bigint",
-    "frame_disagreement": "utterance_id varchar, frame integer, n_disagree tinyint, n_references tinyint, "
-                          "run varchar, rule varchar",
-}
-
-
 @dataclass
 class Figure:
     name: str  # file-safe: the PNG is <name>.png
@@ -78,16 +56,9 @@ class Figure:
 
 
 def connect(warehouse) -> Any:
-    """The warehouse's DuckDB views, plus empty views for missing analysis tables, a `tier` on every
-    clustering (`pipeline.warehouse.schemas.tiered_views`) and the `phone_classes` (label, class) table the
-    report queries join."""
+    """The warehouse's DuckDB views (every table, empty where nothing is committed; a `tier` on every
+    clustering) plus the `phone_classes` (label, class) table the report queries join."""
     con = Warehouse(warehouse).connect()
-    present = {row[0] for row in con.sql("select view_name from duckdb_views() where not internal").fetchall()}
-    for name, columns in EMPTY_VIEWS.items():
-        if name not in present:
-            cols = ", ".join(f"null::{c.split()[1]} as {c.split()[0]}" for c in columns.split(", "))
-            con.execute(f"create view {name} as select {cols} where false")
-    tiered_views(con)
     mapping = classify(query(None, "report_phone_labels", {}, con=con)["phone"].to_pylist())
     con.register("phone_classes", pa.table({
         "label": pa.array(list(mapping), pa.string()),

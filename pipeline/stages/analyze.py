@@ -37,27 +37,19 @@ import pyarrow.parquet as pq
 from pipeline.algorithms import metrics as M
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.algorithms.kmeans import assign, fit_kmeans
+from pipeline.algorithms.phone_classes import SILENCE_LABELS
 from pipeline.algorithms.probe import fit_score, speaker_disjoint_probe
-from pipeline.warehouse.schemas import FRAME_TIERS, check_tier_name
 from pipeline.sql import query
-from pipeline.warehouse import Warehouse, fingerprint
+from pipeline.stages.inputs import chosen_layers, extracted_facts, require_tier
+from pipeline.warehouse import Warehouse, fingerprint, keys
+from pipeline.warehouse.schemas import (CLUSTER_LABELS, CLUSTERS, FRAME_TIERS, GROUP_METRICS, METRICS, centroids_schema,
+                                        check_tier_name)
 
 log = logging.getLogger(__name__)
 
-SILENCE_LABELS = ("sil", "h#", "pau", "epi", "sp", "spn", "<blank>", "|")
-
-METRICS_SCHEMA = pa.schema([("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())])
-CLUSTERS_SCHEMA = pa.schema(
-    [("utterance_id", pa.string()), ("frame", pa.int32()), ("cluster", pa.int32()), ("distance", pa.float32()),
-     ("tier", pa.string())]
-)
-GROUP_METRICS_SCHEMA = pa.schema(
-    [("group_value", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())]
-)
+# the tables' schemas under the names this module had for them (pipeline.warehouse.schemas declares them)
+METRICS_SCHEMA, CLUSTERS_SCHEMA, GROUP_METRICS_SCHEMA, MAPPING_SCHEMA = METRICS, CLUSTERS, GROUP_METRICS, CLUSTER_LABELS
 NO_GROUP = ""  # utterances without the --by attribute (and every utterance without --by)
-MAPPING_SCHEMA = pa.schema(
-    [("cluster", pa.int32()), ("label", pa.string()), ("count", pa.int64()), ("cluster_size", pa.int64()), ("share", pa.float64())]
-)
 
 
 @dataclass
@@ -72,7 +64,7 @@ class AnalyzeConfig:
     sample_per_label: int = 500  # balanced k-means training sample: at most this many frames per label
     seed: int = 0
     n_iter: int = 50
-    no_silence: bool = False  # also score without silence labels (SILENCE_LABELS)
+    no_silence: bool = False  # also score without silence labels (phone_classes.SILENCE_LABELS)
     silhouette_points: int = 5_000
     batch_frames: int = 65_536
     by: str | None = None  # also score per group of this utterance attribute (speaker, gender, dialect, …)
@@ -208,7 +200,7 @@ def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con, committed:
         "size": pa.array(sizes),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(km.centroids.reshape(-1)), km.centroids.shape[1]),
         "tier": pa.array([cfg.tier] * cfg.k, pa.string()),
-    })
+    }, schema=centroids_schema(km.centroids.shape[1]))
     files.append(wh.write("centroids", centroid_table, cfg.run, 0, file_prefix=cfg.tier, layer=layer, k=cfg.k))
     subsets = {"all": np.ones(len(names), bool)}
     if cfg.no_silence:
@@ -238,14 +230,14 @@ def analyze_layer(wh: Warehouse, cfg: AnalyzeConfig, layer: int, con, committed:
         files.append(wh.write("cluster_labels", pa.Table.from_pylist(mapping, schema=MAPPING_SCHEMA), cfg.run, 0,
                               layer=layer, k=cfg.k, tier=cfg.tier, subset=subset))
         log.info("layer %s subset %s: %d frames scored", layer, subset, n)
-    wh.commit(cfg.run, f"analyze.k{cfg.k}.{cfg.tier}", layer, files, params=fingerprint(cfg.__dict__), k=cfg.k,
-              tier=cfg.tier, seconds=time.perf_counter() - t0)
+    wh.commit(cfg.run, keys.analyze_stage(cfg.k, cfg.tier), keys.layer_shard(layer), files,
+              params_sha256=fingerprint(cfg.__dict__), k=cfg.k, tier=cfg.tier, seconds=time.perf_counter() - t0)
     if cfg.by:
         rows_out = _group_rows(table, x, sample_labels, sample, cfg)
         record = wh.write("group_metrics", pa.Table.from_pylist(rows_out, schema=GROUP_METRICS_SCHEMA), cfg.run, 0,
                           layer=layer, k=cfg.k, tier=cfg.tier, attribute=cfg.by)
-        wh.commit(cfg.run, f"analyze.k{cfg.k}.{cfg.tier}.by.{cfg.by}", layer, [record],
-                  params=fingerprint(cfg.__dict__))
+        wh.commit(cfg.run, keys.analyze_stage(cfg.k, cfg.tier, cfg.by), keys.layer_shard(layer), [record],
+                  params_sha256=fingerprint(cfg.__dict__), k=cfg.k, tier=cfg.tier, by=cfg.by)
     return result
 
 
@@ -299,25 +291,11 @@ def _group_rows(table: _Contingency, x: np.ndarray, labels: np.ndarray, sample: 
 
 def analyze(cfg: AnalyzeConfig) -> list[dict]:
     """k-means + metrics for every chosen layer of a run. Returns one row per layer."""
-    from pipeline.stages.labels import check_tier_complete
-    from pipeline.model import parse_layers
-
     check_tier_name(cfg.tier)
     wh = Warehouse(cfg.warehouse)
-    facts = wh.read_facts(cfg.run)
-    if not facts or "layers" not in facts:
-        raise ValueError(f"run {cfg.run!r} has no extracted frames in {cfg.warehouse}: run `extract` first")
-    wanted = facts["layers"] if cfg.layers == "all" else parse_layers(cfg.layers, facts["model"]["num_layers"])
-    missing = sorted(set(wanted) - set(facts["layers"]))
-    if missing:
-        raise ValueError(f"layers {missing} were not extracted for run {cfg.run!r} (it has {facts['layers']})")
+    wanted = chosen_layers(extracted_facts(wh, cfg.run), cfg.run, cfg.layers)
     con = wh.connect()
-    if cfg.tier not in FRAME_TIERS:
-        tiers = [t for (t,) in con.execute("select distinct tier from segments where run = ?", [cfg.run]).fetchall()]
-        if cfg.tier not in tiers:
-            raise ValueError(f"run {cfg.run!r} has no tier {cfg.tier!r}: use phone, word, or one of its segment "
-                             f"tiers {sorted(tiers)} (CTC tiers come from `python -m pipeline labels`)")
-        check_tier_complete(wh, cfg.run, cfg.tier)
+    require_tier(wh, [cfg.run], cfg.tier, con)
     groups = None
     if cfg.by:
         found = query(wh.root, "utterance_groups", {"run": cfg.run, "by": cfg.by}, con=con)

@@ -31,7 +31,6 @@ CLI (flags = the parameters of `compare`):
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import numpy as np
@@ -40,31 +39,17 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.algorithms import metrics as M
 from pipeline.algorithms.similarity import Centred, adjusted_rand_index, cka_pair
-from pipeline.stages.analyze import vectors
-from pipeline.warehouse.schemas import check_tier_name, tiered_views
 from pipeline.sql import query
-from pipeline.warehouse import Warehouse, check_run_name, fingerprint
+from pipeline.stages.analyze import vectors
+from pipeline.stages.inputs import extracted_facts
+from pipeline.warehouse import Warehouse, check_run_name, fingerprint, keys
+from pipeline.warehouse.schemas import CKA, RUN_AGREEMENT, check_tier_name
 
 log = logging.getLogger(__name__)
 
-CKA_SCHEMA = pa.schema([
-    ("layer", pa.int64()),  # layer of run A
-    ("other_layer", pa.int64()),  # layer of run B
-    ("value", pa.float64()),  # linear CKA, biased HSIC estimator
-    ("value_debiased", pa.float64()),  # linear CKA, unbiased HSIC estimator
-    ("n", pa.int64()),  # frames in the sample
-])
-AGREEMENT_SCHEMA = pa.schema([
-    ("layer", pa.int64()),
-    ("k", pa.int64()),
-    ("metric", pa.string()),
-    ("value", pa.float64()),
-    ("n", pa.int64()),  # frames both runs assigned
-    ("tier", pa.string()),  # the label tier both clusterings were trained for
-])
+CKA_SCHEMA, AGREEMENT_SCHEMA = CKA, RUN_AGREEMENT  # the names this module had (pipeline.warehouse.schemas)
 AGREEMENT_METRICS = ("ami", "nmi", "ari", "mi", "homogeneity", "completeness", "v_measure", "cluster_purity",
                      "label_purity")
-ANALYZE_STAGE = re.compile(r"^analyze\.k(\d+)\.")
 # Below this many multiply-adds per layer pair, BLAS runs on one thread: with torch's and FAISS's
 # OpenMP pools loaded, OpenBLAS's own threads made small products many times slower than one thread.
 # Larger products keep BLAS's default threads.
@@ -78,14 +63,6 @@ def _pair(runs) -> tuple[str, str]:
     if len(names) != 2:
         raise ValueError(f"compare takes two runs (A,B), got {names}")
     return check_run_name(names[0]), check_run_name(names[1])
-
-
-def _facts(wh: Warehouse, run: str) -> dict:
-    facts = wh.read_facts(run)
-    if not facts or not facts.get("layers"):
-        raise ValueError(f"run {run!r} has no extracted frames in {wh.root} (runs there: {wh.runs()}); "
-                         "run `python -m pipeline extract` first")
-    return facts
 
 
 def check_comparable(wh: Warehouse, run: str, other: str, con) -> dict:
@@ -112,9 +89,9 @@ def clusterings(wh: Warehouse, run: str) -> dict[tuple[int, str], set[int]]:
     The commit naming the clusters is `analyze.k<k>.<tier>`; `….<tier>.by.<attribute>` ones name group metrics."""
     out: dict[tuple[int, str], set[int]] = {}
     for (_, stage, shard), rec in wh.commits(run).items():
-        m = ANALYZE_STAGE.match(stage)
-        if m and any(f["path"].startswith("clusters/") for f in rec["files"]):
-            out.setdefault((int(m.group(1)), rec.get("tier") or stage[m.end():]), set()).add(int(shard))
+        key = keys.parse_analyze(stage)
+        if key and any(f["path"].startswith("clusters/") for f in rec["files"]):
+            out.setdefault((key.k, rec.get("tier") or key.tier), set()).add(keys.shard_layer(shard))
     return out
 
 
@@ -152,42 +129,42 @@ def common_k(wh: Warehouse, run: str, other: str, k: int | None) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------- stages
-def _layer_sample(wh: Warehouse, con, run: str, layer: int, keys: pa.Table) -> Centred:
+def _layer_sample(wh: Warehouse, con, run: str, layer: int, sampled: pa.Table) -> Centred:
     got = query(wh.root, "compare_vectors", {"run": run, "layer": layer}, con=con)
-    if got.num_rows != keys.num_rows or not (got["utterance_id"].equals(keys["utterance_id"])
-                                             and got["frame"].equals(keys["frame"])):
-        raise ValueError(f"run {run!r} layer {layer}: {got.num_rows} of the {keys.num_rows} sampled frames found; "
+    if got.num_rows != sampled.num_rows or not (got["utterance_id"].equals(sampled["utterance_id"])
+                                                and got["frame"].equals(sampled["frame"])):
+        raise ValueError(f"run {run!r} layer {layer}: {got.num_rows} of the {sampled.num_rows} sampled frames found; "
                          "every extracted layer should hold the same frames (run the sql/checks)")
     return Centred.of(vectors(got["vector"]))
 
 
 def max_dim(wh: Warehouse, run: str) -> int:
     """The widest layer of a run (the model facts' hidden and conv widths; 1024 if unknown)."""
-    model = _facts(wh, run).get("model", {})
+    model = extracted_facts(wh, run).get("model", {})
     return max(model.get("hidden_size", 0), model.get("conv_dim", 0)) or 1024
 
 
 def cka_matrix(wh: Warehouse, con, run: str, other: str, n: int, seed: int) -> pa.Table:
     """Linear CKA of every layer of `run` × every layer of `other` on one shared sample of ≤ n frames."""
-    layers = {r: sorted(_facts(wh, r)["layers"]) for r in (run, other)}
-    keys = query(wh.root, "compare_shared_keys", {"run": run, "layer": layers[run][0], "other": other,
-                                                  "other_layer": layers[other][0], "n": n, "seed": seed}, con=con)
-    if keys.num_rows < 4:
-        raise ValueError(f"runs {run!r} and {other!r} share {keys.num_rows} frames; CKA needs at least 4")
-    con.register("compare_keys", keys)
+    layers = {r: sorted(extracted_facts(wh, r)["layers"]) for r in (run, other)}
+    sampled = query(wh.root, "compare_shared_keys", {"run": run, "layer": layers[run][0], "other": other,
+                                                     "other_layer": layers[other][0], "n": n, "seed": seed}, con=con)
+    if sampled.num_rows < 4:
+        raise ValueError(f"runs {run!r} and {other!r} share {sampled.num_rows} frames; CKA needs at least 4")
+    con.register("compare_keys", sampled)
     t0 = time.perf_counter()
     rows = []
-    with threadpool_limits(1 if keys.num_rows * max_dim(wh, run) * max_dim(wh, other) < SMALL_PRODUCT else None,
+    with threadpool_limits(1 if sampled.num_rows * max_dim(wh, run) * max_dim(wh, other) < SMALL_PRODUCT else None,
                            user_api="blas"):
-        others = {layer: _layer_sample(wh, con, other, layer, keys) for layer in layers[other]}
+        others = {layer: _layer_sample(wh, con, other, layer, sampled) for layer in layers[other]}
         for layer in layers[run]:
-            a = _layer_sample(wh, con, run, layer, keys)
+            a = _layer_sample(wh, con, run, layer, sampled)
             for other_layer, b in others.items():
                 biased, debiased = cka_pair(a, b)
                 rows.append({"layer": layer, "other_layer": other_layer, "value": biased,
-                             "value_debiased": debiased, "n": keys.num_rows})
+                             "value_debiased": debiased, "n": sampled.num_rows})
     log.info("CKA %s × %s: %d × %d layers on %d frames in %.1f s", run, other, len(layers[run]), len(others),
-             keys.num_rows, time.perf_counter() - t0)
+             sampled.num_rows, time.perf_counter() - t0)
     return pa.Table.from_pylist(rows, schema=CKA_SCHEMA)
 
 
@@ -226,9 +203,8 @@ def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: in
     t0 = time.perf_counter()
     wh = Warehouse(warehouse)
     for name in (run, other):
-        _facts(wh, name)
+        extracted_facts(wh, name)
     con = wh.connect()
-    tiered_views(con)
     shared = check_comparable(wh, run, other, con)
     k = common_k(wh, run, other, k)
     tiers = common_tiers(wh, run, other, k, tier) if k is not None else []
@@ -239,7 +215,7 @@ def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: in
     params = {"run": run, "other": other, "n": n, "seed": seed, "k": k, "tiers": tiers}
     seconds = {"cka_s": round(t_cka, 3), "total_s": round(time.perf_counter() - t0, 3)}
     n_frames = cka["n"][0].as_py()
-    wh.commit(run, f"compare.{other}", 0, files, params=params, fingerprint=fingerprint(params), k=k,
+    wh.commit(run, keys.compare_stage(other), 0, files, params=params, params_sha256=fingerprint(params), k=k,
               frames=n_frames, shared_utterances=shared["n_shared"], **seconds)
     log.info("compare %s with %s: %d frames, k = %s, %.1f s", run, other, n_frames, k, seconds["total_s"])
     return {**params, "frames": n_frames, "shared_utterances": shared["n_shared"], "cka": cka,

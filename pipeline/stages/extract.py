@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline.warehouse import schemas
+from pipeline.warehouse import keys, schemas
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE
 from pipeline.stages.ingest import (
@@ -376,7 +376,7 @@ class _Writer:
                 files = write_corpus_tables(self.wh, self.run, shard, prepared, bad)
                 files += [self.wh.write("frames", t, self.run, shard, layer=layer) for layer, t in tables.items()]
                 files += frame_files
-                self.wh.commit(self.run, "extract", shard, files, rank=self.rank, items=len(ids),
+                self.wh.commit(self.run, keys.EXTRACT, shard, files, rank=self.rank, items=len(ids),
                                ids_sha256=fingerprint(ids), facts_sha256=self.facts_sha)
                 self.bytes += sum(f.bytes for f in files)
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
@@ -416,7 +416,7 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
         facts = ensure_run_facts(wh, cfg.run, facts)
     _barrier(world_size)
     facts = ensure_run_facts(wh, cfg.run, facts)
-    committed = committed_ids(wh, cfg.run, "extract")
+    committed = committed_ids(wh, cfg.run, keys.EXTRACT)
     done = frozenset(committed)
     counts = Counts(skipped_shards=sum(1 for s in done if s % world_size == rank))
     dims = {layer: loaded.layer_dim(layer) for layer in layers}
@@ -425,7 +425,7 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
 
     def decoded():
         for shard, items in iter_shards(spec, cfg.shard_size, rank, world_size, done, verify=committed, run=cfg.run):
-            yield shard, [it.utterance_id for it in items], *prepare_shard(items, "extract", min_samples)
+            yield shard, [it.utterance_id for it in items], *prepare_shard(items, keys.EXTRACT, min_samples)
 
     bar = _progress(cfg.progress and rank == 0, cfg.limit)
     try:
@@ -476,7 +476,7 @@ def _shard_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepare
         frame_files, stream_errors = _stream_frames(wh, cfg, shard, loaded, prepared, outputs, streamed, layers, dims)
         errors.update(stream_errors)
     for i, err in errors.items():
-        bad.append(QuarantineRow(prepared[i].utterance.utterance_id, "extract", "model_error", repr(err)[:500]))
+        bad.append(QuarantineRow(prepared[i].utterance.utterance_id, keys.EXTRACT, "model_error", repr(err)[:500]))
     kept = [i for i in range(len(prepared)) if i not in errors]
     if not streamed:
         tables = frames_tables([prepared[i] for i in kept], [outputs[i] for i in kept], dims, loaded.geometry,

@@ -20,8 +20,9 @@ from typing import Iterator, Mapping
 import numpy as np
 import pyarrow as pa
 
+from pipeline.algorithms.phone_classes import SILENCE
 from pipeline.corpus import audio
-from pipeline.warehouse import schemas
+from pipeline.warehouse import keys, schemas
 from pipeline.corpus.alignments import clean_tier
 from pipeline.corpus.records import Quarantine, Segment, Utterance
 from pipeline.corpus.sources import EMBEDDED_DATA, SourceItem, SourceSpec, iter_items
@@ -79,7 +80,7 @@ def prepare(item: SourceItem, min_samples: int = audio.MIN_SAMPLES) -> Prepared:
             if intervals is not None:
                 segments += clean_tier(intervals, utterance.duration_s, tier, item.alignment_source, item.utterance_id)
     if utterance.text is None:
-        words = [s.label for s in segments if s.tier == "word" and s.label != "sil"]
+        words = [s.label for s in segments if s.tier == "word" and s.label != SILENCE]
         utterance.text = " ".join(words) or None
     return Prepared(utterance, wave, segments, channels)
 
@@ -286,13 +287,13 @@ def ingest(
         wh.drop_run(run)
     facts = ensure_run_facts(wh, run, {**spec.facts(), "shard_size": shard_size,
                                        "corpus_fingerprint": corpus_fingerprint(spec)})
-    done = committed_ids(wh, run, "ingest")
+    done = committed_ids(wh, run, keys.INGEST)
     counts = {"shards": 0, "utterances": 0, "quarantined": 0, "segments": 0, "skipped_shards": len(done)}
     for shard, items in iter_shards(spec, shard_size, rank, world_size, frozenset(done), verify=done, run=run):
-        prepared, bad = prepare_shard(items, "ingest")
+        prepared, bad = prepare_shard(items, keys.INGEST)
         files = write_corpus_tables(wh, run, shard, prepared, bad)
         ids = [it.utterance_id for it in items]
-        wh.commit(run, "ingest", shard, files, rank=rank, items=len(items), ids_sha256=fingerprint(ids),
+        wh.commit(run, keys.INGEST, shard, files, rank=rank, items=len(items), ids_sha256=fingerprint(ids),
                   facts_sha256=fingerprint(facts))
         counts["shards"] += 1
         counts["utterances"] += len(prepared)

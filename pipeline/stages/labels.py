@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.algorithms import ctc
-from pipeline.warehouse import schemas
+from pipeline.warehouse import keys, schemas
 from pipeline.algorithms.geometry import FrameGeometry
 from pipeline.stages.ingest import CorpusChanged, Prepared, corpus_fingerprint, iter_shards, prepare_shard
 from pipeline.corpus.records import Segment
@@ -50,10 +50,9 @@ from pipeline.warehouse import Warehouse, fingerprint
 log = logging.getLogger(__name__)
 
 SOURCES = {"greedy": ctc.TIER_GREEDY, "forced": ctc.SOURCE_FORCED}
-CORPUS_STAGES = ("extract", "ingest")
-LABELS_STAGE = "labels."
 # commits written before tiers were recorded in them: the tiers their stage wrote
-LEGACY_TIERS = {"labels.ctc_greedy": [ctc.TIER_GREEDY], "labels.ctc_forced": [ctc.TIER_CHAR, ctc.TIER_WORD]}
+LEGACY_TIERS = {keys.labels_stage(ctc.TIER_GREEDY): [ctc.TIER_GREEDY],
+                keys.labels_stage(ctc.SOURCE_FORCED): [ctc.TIER_CHAR, ctc.TIER_WORD]}
 MAX_CHUNK_S = 30.0  # longer recordings run in windows (attention memory grows with the square of frames)
 CONTEXT_S = 2.0
 
@@ -207,13 +206,14 @@ def tier_makers(records: dict) -> dict[str, dict[tuple[str, str], dict]]:
     makers were checked)."""
     out: dict[str, dict[tuple[str, str], dict]] = {}
     for (_, stage, shard), rec in sorted(records.items()):
-        if not stage.startswith(LABELS_STAGE) or rec.get("superseded_by_overwrite"):
+        name = keys.parse_labels(stage)
+        if name is None or rec.get("superseded_by_overwrite"):
             continue
         model = rec.get("model") or {}
         maker = rec.get("maker") or {"model_id": model.get("model_id"), "weights": model.get("revision"),
-                                     "source": "greedy" if stage == "labels.ctc_greedy" else "forced"}
+                                     "source": "greedy" if name == ctc.TIER_GREEDY else "forced"}
         for tier in rec.get("tiers") or LEGACY_TIERS.get(stage, []):
-            entry = out.setdefault(tier, {}).setdefault((stage, rec.get("params_sha256")),
+            entry = out.setdefault(tier, {}).setdefault((stage, keys.params_sha256(rec)),
                                                         {"maker": maker, "shards": []})
             entry["shards"].append(shard)
     return out
@@ -231,7 +231,7 @@ def check_tier_complete(wh: Warehouse, run: str, tier: str) -> None:
         raise TierConflict(f"run {run!r}: tier {tier!r} mixes labels of {len(makers)} makers ({made}); rerun "
                            f"`python -m pipeline labels --run {run} --model MODEL --overwrite-tier` to remake it")
     (entry,) = makers.values()
-    missing = sorted({shard for (_, stage, shard) in records if stage in CORPUS_STAGES} - set(entry["shards"]))
+    missing = sorted({shard for (_, stage, shard) in records if stage in keys.CORPUS_STAGES} - set(entry["shards"]))
     if missing:
         raise ValueError(f"run {run!r}: tier {tier!r} has no labels for shard(s) {missing} (a `labels` run that "
                          f"was stopped?): finish it with `python -m pipeline labels --run {run} --model "
@@ -243,7 +243,7 @@ def _corpus_tiers(wh: Warehouse, records: dict) -> set[str]:
     """The run's tiers from the corpus: the frames' columns and the segments that ingest/extract wrote."""
     tiers = set(schemas.FRAME_TIERS)
     for (_, stage, _), rec in records.items():
-        if stage in CORPUS_STAGES:
+        if stage in keys.CORPUS_STAGES:
             for f in rec["files"]:
                 if f["path"].startswith("segments/"):
                     tiers.update(pq.read_table(wh.root / f["path"], columns=["tier"])["tier"].unique().to_pylist())
@@ -269,7 +269,7 @@ def claim_tiers(wh: Warehouse, run: str, stage: str, tiers: list[str], params_sh
         return
     if not overwrite:
         tier, entry = next(iter(in_the_way.values()))[0]
-        total = len({shard for (_, st, shard) in records if st in CORPUS_STAGES})
+        total = len({shard for (_, st, shard) in records if st in keys.CORPUS_STAGES})
         raise TierConflict(
             f"run {run!r}: tier {tier!r} was made by {_maker_text(entry['maker'])} ({len(set(entry['shards']))} of "
             f"{total} shards, stage {next(iter(in_the_way))}); this call would write it with {_maker_text(maker)}. "
@@ -306,15 +306,15 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
         raise ValueError(f"{model}: frame geometry {cm.geometry.as_dict()} differs from run {run!r}'s {recorded}; "
                          "its frames would not be the run's frames. Use a checkpoint with the same conv stack")
     name = tier_name or SOURCES[source]
-    stage = f"labels.{name}"
+    stage = keys.labels_stage(name)
     params_sha = fingerprint({"model": cm.facts(), "source": source, "max_chunk_s": max_chunk_s,
                               "context_s": context_s})
     maker = {"model_id": cm.model_id, "weights": cm.revision, "source": source, "max_chunk_s": max_chunk_s,
              "context_s": context_s}
     claim_tiers(wh, run, stage, list(names.values()), params_sha, maker, overwrite_tier)
-    corpus_shards = {shard for (_, st, shard) in wh.commits(run) if st in CORPUS_STAGES}
+    corpus_shards = {shard for (_, st, shard) in wh.commits(run) if st in keys.CORPUS_STAGES}
     done = set() if overwrite_tier else {shard for (_, _, shard), rec in wh.commits(run, stage).items()
-                                         if rec.get("params_sha256") == params_sha}
+                                         if keys.params_sha256(rec) == params_sha}
     todo = corpus_shards - done
     counts = LabelCounts(skipped_shards=len(corpus_shards & done))
     if not todo:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.warehouse import Warehouse
+from pipeline.warehouse import Warehouse, keys
 from pipeline.warehouse.schemas import UTTERANCE_ATTRIBUTES as ATTRIBUTES_SCHEMA
 
 KALDI_NAME = re.compile(r"^utt2([A-Za-z0-9_]+)$")
@@ -106,14 +106,14 @@ def _names(path: Path) -> tuple[str, str]:
     resolved path (unique: two folders' `utt2gender` are two files)."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", path.name)[:40]
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    return f"metadata.{name}.{tag}", f"attr_{name}_{tag}"
+    return keys.metadata_stage(name, tag), f"attr_{name}_{tag}"
 
 
 def _stored_values(wh: Warehouse, run: str, exclude: set[Path]) -> dict[tuple[str, str], tuple[str, str]]:
     """(utterance_id, key) → (value, source file) of the attributes stored for `run` by other files."""
     out: dict[tuple[str, str], tuple[str, str]] = {}
     for (_, stage, _), rec in sorted(wh.commits(run).items()):
-        if not stage.startswith("metadata.") or Path(rec.get("source", "")) in exclude:
+        if keys.kind(stage) != keys.METADATA or Path(rec.get("source", "")) in exclude:
             continue
         for f in rec["files"]:
             for row in pq.read_table(wh.root / f["path"], columns=["utterance_id", "key", "value"]).to_pylist():
@@ -140,5 +140,6 @@ def _retire_old_names(wh: Warehouse, run: str, path: Path, stage: str) -> None:
     """Warehouses written before files were keyed by path named a commit by the file's base name
     (`metadata.utt2gender`): the same file's old commit is emptied, so its rows are not stored twice."""
     for (_, old_stage, shard), rec in wh.commits(run).items():
-        if old_stage.startswith("metadata.") and old_stage != stage and rec.get("source") == str(path) and rec["files"]:
+        if (keys.kind(old_stage) == keys.METADATA and old_stage != stage and rec.get("source") == str(path)
+                and rec["files"]):
             wh.commit(run, old_stage, shard, [], source=str(path), superseded_by=stage)

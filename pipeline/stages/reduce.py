@@ -25,21 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.algorithms.reduction import StreamingPCA, per_label_for, tsne_2d, umap_2d
-from pipeline.stages.analyze import layer_files, vectors
-from pipeline.warehouse.schemas import check_tier_name
 from pipeline.sql import query
-from pipeline.warehouse import Warehouse, fingerprint
+from pipeline.stages.analyze import layer_files, vectors
+from pipeline.stages.inputs import chosen_layers, extracted_facts
+from pipeline.warehouse import Warehouse, fingerprint, keys
+from pipeline.warehouse.schemas import REDUCTIONS, check_tier_name
 
 log = logging.getLogger(__name__)
 
 METHODS = ("pca", "tsne", "umap")
-REDUCTIONS_SCHEMA = pa.schema([
-    ("utterance_id", pa.string()),
-    ("frame", pa.int32()),
-    ("label", pa.string()),  # label of the sample's tier (phone by default)
-    ("x", pa.float32()),
-    ("y", pa.float32()),
-])
+REDUCTIONS_SCHEMA = REDUCTIONS  # the name this module had (pipeline.warehouse.schemas declares it)
 PCA_BATCH_FRAMES = 16_384  # 16k × 1024-d as float64 = 128 MB per step
 
 _pca_cache: dict[str, StreamingPCA] = {}
@@ -119,21 +114,13 @@ def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int
                "total_s": round(time.perf_counter() - t0, 3)}
     info = {"params": params, "explained_variance_2d": sum(evr[:2]), "explained_variance_pca_dims": sum(evr),
             **seconds}
-    wh.commit(run, f"reduce.{method}", layer, files, fingerprint=fingerprint(params), **info)
+    wh.commit(run, keys.reduce_stage(method), keys.layer_shard(layer), files, params_sha256=fingerprint(params), **info)
     log.info("reduce %s layer %s %s: %d frames in %.1f s", run, layer, method, table.num_rows, seconds["total_s"])
     return {"run": run, "layer": layer, "method": method, "rows": table.num_rows, "path": files[0].path, **info}
 
 
 def reduce_many(run: str, layers: str = "all", methods: str = "pca", warehouse: str = "storage", **kwargs) -> list[dict]:
     """`reduce` for several layers ('all', '-1,6,12', '8-12') and methods ('pca,tsne,umap') of a run."""
-    from pipeline.model import parse_layers
-
-    facts = Warehouse(warehouse).read_facts(run) or {}
-    if not facts.get("layers"):
-        raise ValueError(f"run {run!r} has no extracted frames in {warehouse}: run `extract` first")
-    wanted = facts["layers"] if layers == "all" else parse_layers(layers, max(facts["layers"]))
-    missing = sorted(set(wanted) - set(facts["layers"]))
-    if missing:
-        raise ValueError(f"layers {missing} were not extracted for run {run!r} (it has {facts['layers']})")
+    wanted = chosen_layers(extracted_facts(Warehouse(warehouse), run), run, layers)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     return [reduce(run, layer, method, warehouse=warehouse, **kwargs) for method in names for layer in wanted]

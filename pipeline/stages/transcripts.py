@@ -37,27 +37,17 @@ from pipeline.algorithms.cer import (decode_clusters, edit_distance, error_rate,
                                      normalise_text)
 from pipeline.algorithms.ctc import BLANK_LABEL, TIER_GREEDY  # noqa: F401 - BLANK_LABEL re-exported for callers
 from pipeline.algorithms.disagreement import EMPTY_GAP, RULES, utterance_disagreement
-from pipeline.warehouse.schemas import check_tier_name, tiered_views
-from pipeline.warehouse import Warehouse, fingerprint
+from pipeline.warehouse import Warehouse, fingerprint, keys
+from pipeline.warehouse.schemas import DECODED, FRAME_DISAGREEMENT, check_tier_name
 
 log = logging.getLogger(__name__)
 
 GREEDY_TIER = TIER_GREEDY  # segments tier of greedy CTC frame labels (what `labels` writes)
 
-DECODED_SCHEMA = pa.schema([
-    ("utterance_id", pa.string()),
-    ("hypothesis", pa.string()),  # the clusters decoded through the majority mapping
-    ("reference", pa.string()),  # the model's own greedy transcript
-    ("n_edits", pa.int64()),
-    ("n_reference_chars", pa.int64()),
-    ("cer", pa.float64()),  # n_edits / n_reference_chars; NaN for an empty reference
-])
-FRAME_DISAGREEMENT_SCHEMA = pa.schema([
-    ("utterance_id", pa.string()),
-    ("frame", pa.int32()),
-    ("n_disagree", pa.int8()),
-    ("n_references", pa.int8()),
-])
+# the tables' schemas (pipeline.warehouse.schemas): decoded_table's rows are DECODED's but the clustering's tier,
+# which the stage adds
+DECODED_SCHEMA = DECODED.remove(DECODED.get_field_index("tier"))
+FRAME_DISAGREEMENT_SCHEMA = FRAME_DISAGREEMENT
 
 # the queries, in sql/ (one per file)
 GREEDY_LABELS_SQL = "tier_segments"
@@ -162,12 +152,12 @@ def transcripts(cfg: TranscriptsConfig) -> dict[str, int]:
     if not geometry:
         raise ValueError(f"run {cfg.run!r} in {cfg.warehouse} records no frame geometry: run `extract` first")
     con = wh.connect()
-    tiered_views(con)
     rows = query(wh.root, GREEDY_LABELS_SQL, {"run": cfg.run, "tier": GREEDY_TIER}, con=con)
     if rows.num_rows == 0:
         raise ValueError(f"run {cfg.run!r} has no `{GREEDY_TIER}` segments: extract it with a CTC model first")
     labels = greedy_frame_labels(rows, geometry["hop_samples"] / geometry["sample_rate_hz"])
     written = {"decoded": 0, "frame_disagreement": 0}
+    n_decoded = 0  # clusterings
     for clustering in query(wh.root, CLUSTERINGS_SQL, {"run": cfg.run}, con=con).to_pylist():
         layer, k, tier = clustering["layer"], clustering["k"], clustering["tier"]
         if ((cfg.layers != "all" and str(layer) not in cfg.layers.split(",")) or (cfg.k is not None and k != cfg.k)
@@ -176,21 +166,23 @@ def transcripts(cfg: TranscriptsConfig) -> dict[str, int]:
         t0 = time.perf_counter()
         table = decoded_table(labels, query(wh.root, CLUSTERS_SQL, {"run": cfg.run, "layer": layer, "k": k,
                                                                    "tier": tier}, con=con))
-        table = table.append_column(pa.field("tier", pa.string()), pa.array([tier] * table.num_rows, pa.string()))
+        table = table.append_column(DECODED.field("tier"), pa.array([tier] * table.num_rows, pa.string()))
         record = wh.write("decoded", table, cfg.run, 0, file_prefix=tier, layer=layer, k=k)
-        # phone keeps the stage name of the commits made before tiers, so that this one supersedes them
-        stage = f"transcripts.decoded.k{k}" + ("" if tier == "phone" else f".{tier}")
-        wh.commit(cfg.run, stage, layer, [record], params=fingerprint(cfg.__dict__), tier=tier,
-                  seconds=time.perf_counter() - t0)
+        wh.commit(cfg.run, keys.decoded_stage(k, tier), keys.layer_shard(layer), [record],
+                  params_sha256=fingerprint(cfg.__dict__), tier=tier, seconds=time.perf_counter() - t0)
         written["decoded"] += table.num_rows
         log.info("layer %s k %s tier %s: corpus CER %.4f", layer, k, tier,
                  error_rate(sum(table["n_edits"].to_pylist()), sum(table["n_reference_chars"].to_pylist())))
+        n_decoded += 1
+    if not n_decoded:
+        log.warning("run %s: no clustering (layers %s, k %s, tier %s) to decode; `decoded` is not written (run "
+                    "`python -m pipeline analyze` first)", cfg.run, cfg.layers, cfg.k or "any", cfg.tier or "any")
     names = [n.strip() for n in cfg.references.split(",") if n.strip()]
     references = reference_texts(query(wh.root, UTTERANCES_SQL, {"run": cfg.run}, con=con), names)
     t0 = time.perf_counter()
     table = disagreement_table(labels, references, cfg.rule, cfg.empty_gap)
     record = wh.write("frame_disagreement", table, cfg.run, 0, rule=cfg.rule)
-    wh.commit(cfg.run, f"transcripts.disagreement.{cfg.rule}", 0, [record], params=fingerprint(cfg.__dict__),
+    wh.commit(cfg.run, keys.disagreement_stage(cfg.rule), 0, [record], params_sha256=fingerprint(cfg.__dict__),
               seconds=time.perf_counter() - t0)
     written["frame_disagreement"] = table.num_rows
     return written

@@ -66,45 +66,144 @@ QUARANTINE = pa.schema(
 )
 
 
-def frames_schema(dim: int, dtype: str) -> pa.Schema:
-    """One row per frame of one layer. `vector` is a fixed-size list (float16 halves the bytes)."""
-    value_type = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
-    return pa.schema(
-        [
-            ("utterance_id", pa.string()),
-            ("frame", pa.int32()),
-            ("time_s", pa.float32()),  # frame centre: (hop * frame + receptive_field / 2) / 16000
-            ("phone", pa.string()),  # label of the phone interval holding the centre; null outside
-            ("word", pa.string()),
-            ("vector", pa.list_(value_type, dim)),
-        ]
-    )
-
+FRAMES = pa.schema(
+    [
+        ("utterance_id", pa.string()),
+        ("frame", pa.int32()),
+        ("time_s", pa.float32()),  # frame centre: (hop * frame + receptive_field / 2) / 16000
+        ("phone", pa.string()),  # label of the phone interval holding the centre; null outside
+        ("word", pa.string()),
+        ("vector", pa.list_(pa.float32())),  # stored as a fixed-size list of the layer's width: frames_schema
+    ]
+)
 
 # attributes attached from a file (pipeline/stages/metadata.py); read before utterances.metadata
 UTTERANCE_ATTRIBUTES = pa.schema([("utterance_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
 
+# ---------------------------------------------------------------- analyze (pipeline/stages/analyze.py)
+CLUSTERS = pa.schema(
+    [("utterance_id", pa.string()), ("frame", pa.int32()), ("cluster", pa.int32()), ("distance", pa.float32()),
+     ("tier", pa.string())]
+)
+CENTROIDS = pa.schema(
+    [("cluster", pa.int32()), ("size", pa.int64()),
+     ("vector", pa.list_(pa.float32())),  # stored as a fixed-size list of the layer's width: centroids_schema
+     ("tier", pa.string())]
+)
+METRICS = pa.schema([("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())])
+CLUSTER_LABELS = pa.schema(
+    [("cluster", pa.int32()), ("label", pa.string()), ("count", pa.int64()), ("cluster_size", pa.int64()),
+     ("share", pa.float64())]
+)
+GROUP_METRICS = pa.schema(
+    [("group_value", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())]
+)
+
+# ---------------------------------------------------------------- reduce (pipeline/stages/reduce.py)
+REDUCTIONS = pa.schema([
+    ("utterance_id", pa.string()),
+    ("frame", pa.int32()),
+    ("label", pa.string()),  # label of the sample's tier (phone by default)
+    ("x", pa.float32()),
+    ("y", pa.float32()),
+])
+
+# ---------------------------------------------------------------- compare (pipeline/stages/compare.py)
+CKA = pa.schema([
+    ("layer", pa.int64()),  # layer of run A
+    ("other_layer", pa.int64()),  # layer of run B
+    ("value", pa.float64()),  # linear CKA, biased HSIC estimator
+    ("value_debiased", pa.float64()),  # linear CKA, unbiased HSIC estimator
+    ("n", pa.int64()),  # frames in the sample
+])
+RUN_AGREEMENT = pa.schema([
+    ("layer", pa.int64()),
+    ("k", pa.int64()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("n", pa.int64()),  # frames both runs assigned
+    ("tier", pa.string()),  # the label tier both clusterings were trained for
+])
+
+# ---------------------------------------------------------------- transcripts (pipeline/stages/transcripts.py)
+DECODED = pa.schema([
+    ("utterance_id", pa.string()),
+    ("hypothesis", pa.string()),  # the clusters decoded through the majority mapping
+    ("reference", pa.string()),  # the model's own greedy transcript
+    ("n_edits", pa.int64()),
+    ("n_reference_chars", pa.int64()),
+    ("cer", pa.float64()),  # n_edits / n_reference_chars; NaN for an empty reference
+    ("tier", pa.string()),  # the tier the clustering's k-means was trained for
+])
+FRAME_DISAGREEMENT = pa.schema([
+    ("utterance_id", pa.string()),
+    ("frame", pa.int32()),
+    ("n_disagree", pa.int8()),
+    ("n_references", pa.int8()),
+])
+
+# Every table, by its folder name. `frames` and `centroids` store `vector` as a fixed-size list of the
+# layer's width (frames_schema, centroids_schema); here it is the variable list every reader sees.
 TABLES = {
     "utterances": UTTERANCES,
     "utterance_attributes": UTTERANCE_ATTRIBUTES,
     "segments": SEGMENTS,
     "quarantine": QUARANTINE,
+    "frames": FRAMES,
+    "clusters": CLUSTERS,
+    "centroids": CENTROIDS,
+    "metrics": METRICS,
+    "cluster_labels": CLUSTER_LABELS,
+    "group_metrics": GROUP_METRICS,
+    "reductions": REDUCTIONS,
+    "cka": CKA,
+    "run_agreement": RUN_AGREEMENT,
+    "decoded": DECODED,
+    "frame_disagreement": FRAME_DISAGREEMENT,
 }
 
-# Hive partition columns of each table beyond `run` (they live in the path, not in the file).
-PARTITIONS: dict[str, list[tuple[str, pa.DataType]]] = {"frames": [("layer", pa.int64())]}
+# Hive partition columns of each table beyond `run`, in path order (they live in the path, not in the file).
+# `clusters`, `centroids` and `decoded` keep the tier in a column and the file name instead (see tiered_views).
+_LAYER_K = [("layer", pa.int64()), ("k", pa.int64())]
+PARTITIONS: dict[str, list[tuple[str, pa.DataType]]] = {
+    "frames": [("layer", pa.int64())],
+    "clusters": _LAYER_K,
+    "centroids": _LAYER_K,
+    "metrics": [*_LAYER_K, ("tier", pa.string()), ("subset", pa.string())],
+    "cluster_labels": [*_LAYER_K, ("tier", pa.string()), ("subset", pa.string())],
+    "group_metrics": [*_LAYER_K, ("tier", pa.string()), ("attribute", pa.string())],
+    "reductions": [("layer", pa.int64()), ("method", pa.string())],
+    "cka": [("other", pa.string())],
+    "run_agreement": [("other", pa.string())],
+    "decoded": _LAYER_K,
+    "frame_disagreement": [("rule", pa.string())],
+}
+VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
-def empty_view_schema(table: str) -> pa.Schema | None:
-    """The columns a view shows before any file of `table` is committed."""
-    schema = TABLES.get(table) or (frames_schema(1, "float32") if table == "frames" else None)
-    if schema is None:
-        return None
-    if table == "frames":  # DuckDB reads fixed-size float16 lists as FLOAT[]
-        schema = schema.set(schema.get_field_index("vector"), pa.field("vector", pa.list_(pa.float32())))
-    for name, typ in [("run", pa.string()), *PARTITIONS.get(table, [])]:
+def _with_vector(schema: pa.Schema, dim: int, dtype: str) -> pa.Schema:
+    return schema.set(schema.get_field_index("vector"), pa.field("vector", pa.list_(VECTOR_DTYPES[dtype], dim)))
+
+
+def frames_schema(dim: int, dtype: str) -> pa.Schema:
+    """One row per frame of one layer. `vector` is a fixed-size list (float16 halves the bytes)."""
+    return _with_vector(FRAMES, dim, dtype)
+
+
+def centroids_schema(dim: int) -> pa.Schema:
+    """One row per cluster of one k-means: its centre as a fixed-size float32 list of the layer's width."""
+    return _with_vector(CENTROIDS, dim, "float32")
+
+
+def empty_view_schema(table: str) -> pa.Schema:
+    """The columns a view shows before any file of `table` is committed, as DuckDB shows them after: the
+    file's, then `run` and the partitions sorted by name (DuckDB's order for Hive partitions); a
+    fixed-size list of any float width reads as FLOAT[], as TABLES declares it."""
+    schema = TABLES[table]
+    for name, typ in sorted([("run", pa.string()), *PARTITIONS.get(table, [])], key=lambda column: column[0]):
         schema = schema.append(pa.field(name, typ))
     return schema
+
 
 # Reason codes of the quarantine table; anything else is a bug.
 REASONS = {

@@ -50,7 +50,7 @@ def _identifier(name: str) -> str:
 
 def _table_files(wh: Warehouse, run: str | None) -> dict[str, list[str]]:
     """Committed files per table (paths relative to the root), every table of pipeline.warehouse.schemas included."""
-    tables: dict[str, set[str]] = {name: set() for name in [*TABLES, "frames"]}
+    tables: dict[str, set[str]] = {name: set() for name in TABLES}
     for rec in wh.commits(run).values():
         for f in rec["files"]:
             tables.setdefault(f["path"].split("/", 1)[0], set()).add(f["path"])
@@ -64,11 +64,9 @@ def _files_view(name: str, root: Path, files: list[str]) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _empty_view(name: str) -> str | None:
+def _empty_view(name: str) -> str:
     """A view with the table's columns and no rows; the DuckDB types are those DuckDB reads the Arrow schema as."""
     schema = empty_view_schema(name)
-    if schema is None:
-        return None
     rel = duckdb.connect().from_arrow(schema.empty_table())
     columns = ", ".join(f"cast(null as {typ}) as {_identifier(col)}" for col, typ in zip(rel.columns, rel.types))
     return f"create or replace view {_identifier(name)} as select {columns} where false;"
@@ -112,9 +110,7 @@ def views_sql(wh: Warehouse, run: str | None = None) -> str:
         header.append(f"set file_search_path = {sql_string(root.as_posix())};")
     body = []
     for name, files in _table_files(wh, run).items():
-        statement = _files_view(name, root, files) if files else _empty_view(name)
-        if statement:
-            body.append(statement)
+        body.append(_files_view(name, root, files) if files else _empty_view(name))
     body += [_runs_view(wh, run), FRAME_LABELS_SQL.read_text().strip(), _reasons_view()]
     return "\n".join(header) + "\n\n" + "\n\n".join(body) + "\n"
 

@@ -1,12 +1,6 @@
 -- One majority label per non-empty cluster per scoring: every column but label, count, cluster_size
 -- and share is the key (run, layer, k, tier, subset, cluster); the cluster id lies in [0, k);
 -- 1 <= count <= cluster_size and share = count / cluster_size.
-create view if not exists cluster_labels as
-select null::varchar as run, null::bigint as layer, null::bigint as k, null::varchar as tier,
-       null::varchar as subset, null::integer as cluster, null::varchar as label, null::bigint as count,
-       null::bigint as cluster_size, null::double as share
-where false;
-
 with duplicated as (
     select * exclude (label, count, cluster_size, share), count(*) as n_rows, 'duplicate key' as problem
     from cluster_labels

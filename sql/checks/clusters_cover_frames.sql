@@ -1,11 +1,6 @@
 -- Every clustering (run, layer, k[, tier]) assigns exactly the frames of its layer: no cluster row
 -- without its frame, and as many rows as the layer has frames (with clusters_unique_and_in_range,
 -- each frame once). A clustering older than a resumed extract fails here: rerun `analyze`.
-create view if not exists clusters as
-select null::varchar as run, null::bigint as layer, null::bigint as k, null::varchar as utterance_id,
-       null::integer as frame, null::integer as cluster, null::float as distance
-where false;
-
 with clusterings as (
     select * exclude (utterance_id, frame, cluster, distance), count(*) as n_clustered
     from clusters

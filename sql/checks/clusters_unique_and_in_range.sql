@@ -1,12 +1,6 @@
 -- One cluster per frame per clustering: (run, layer, k[, tier], utterance, frame) is the key of
 -- clusters (every column but cluster and distance, so a tier partition is part of it where it
--- exists), and each cluster id lies in [0, k). The first statement stands in an empty `clusters`
--- on a warehouse without any analysis (the views exist only for committed tables).
-create view if not exists clusters as
-select null::varchar as run, null::bigint as layer, null::bigint as k, null::varchar as utterance_id,
-       null::integer as frame, null::integer as cluster, null::float as distance
-where false;
-
+-- exists), and each cluster id lies in [0, k).
 with counted as (
     select * exclude (cluster, distance), count(*) as n_rows, min(cluster) as lo, max(cluster) as hi,
            count(cluster) as n_assigned

@@ -2,12 +2,6 @@
 -- the key (run, layer, k[, tier], utterance); the utterance is kept in its run; n_edits and
 -- n_reference_chars are >= 0 and cer = n_edits / n_reference_chars (0 for two empty texts, NaN for
 -- an empty reference alone).
-create view if not exists decoded as
-select null::varchar as run, null::bigint as layer, null::bigint as k, null::varchar as utterance_id,
-       null::varchar as hypothesis, null::varchar as reference, null::bigint as n_edits,
-       null::bigint as n_reference_chars, null::double as cer
-where false;
-
 with duplicated as (
     select * exclude (hypothesis, reference, n_edits, n_reference_chars, cer), count(*) as n_rows,
            'duplicate key' as problem

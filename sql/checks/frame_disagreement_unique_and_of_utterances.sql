@@ -1,10 +1,5 @@
 -- (run, rule, utterance, frame) is the key of frame_disagreement (every column but the counts); the
 -- utterance is kept in its run; 0 <= frame and 0 <= n_disagree <= n_references, at least one reference.
-create view if not exists frame_disagreement as
-select null::varchar as run, null::varchar as rule, null::varchar as utterance_id, null::integer as frame,
-       null::tinyint as n_disagree, null::tinyint as n_references
-where false;
-
 with duplicated as (
     select * exclude (n_disagree, n_references), count(*) as n_rows, 'duplicate key' as problem
     from frame_disagreement

@@ -3,17 +3,6 @@
 -- in [0, 1]; MI, inertia and counts >= 0; at most k clusters used). NaN only where the metric is
 -- undefined: the silhouette of a sample with fewer than two clusters, any score of zero frames.
 -- A new metric is declared here with its range.
-create view if not exists metrics as
-select null::varchar as run, null::bigint as layer, null::bigint as k, null::varchar as tier,
-       null::varchar as subset, null::varchar as metric, null::double as value, null::bigint as n
-where false;
-
-create view if not exists group_metrics as
-select null::varchar as run, null::bigint as layer, null::bigint as k, null::varchar as tier,
-       null::varchar as attribute, null::varchar as group_value, null::varchar as metric,
-       null::double as value, null::bigint as n
-where false;
-
 with ranges(metric, lo, hi) as (
     values
         ('ami', -1, 1), ('ami_shuffled_sample', -1, 1), ('ami_within', -1, 1), ('ami_transfer', -1, 1),

@@ -1,11 +1,6 @@
 -- The maps hold a sample of frames: (run, layer, method, utterance, frame) is the key of
 -- reductions (every column but label, x and y), every row is a frame of its run and layer, its
 -- method is known and its coordinates are finite.
-create view if not exists reductions as
-select null::varchar as run, null::bigint as layer, null::varchar as method, null::varchar as utterance_id,
-       null::integer as frame, null::varchar as label, null::float as x, null::float as y
-where false;
-
 with duplicated as (
     select * exclude (label, x, y), count(*) as n_rows, 'duplicate key' as problem
     from reductions

@@ -1,11 +1,5 @@
 -- (run, other, layer, metric) is the key of run_agreement (one k per pair of runs), and AMI, NMI
--- and ARI are at most 1. The first statement stands in an empty `run_agreement` on a warehouse
--- without any comparison.
-create view if not exists run_agreement as
-select null::varchar as run, null::varchar as other, null::bigint as layer, null::bigint as k,
-       null::varchar as metric, null::double as value, null::bigint as n
-where false;
-
+-- and ARI are at most 1.
 with counted as (
     select run, other, layer, metric, count(*) as n_rows, max(value) as hi
     from run_agreement
