@@ -171,3 +171,16 @@ def test_transcripts_without_a_clustering_says_so_and_writes_the_disagreement(wr
     assert any("no clustering" in w and "analyze" in w for w in warnings), warnings
     con = Warehouse(root).connect()
     assert con.execute("select count(*) from decoded where run = 'a'").fetchone()[0] > 0  # after analyze
+
+
+def test_readme_column_table_is_the_schemas():
+    """The README's table of views and columns is generated from schemas.TABLES: regenerate it with
+    `python -c "from pipeline.warehouse import schemas; print(schemas.columns_markdown())"` after a change."""
+    from pathlib import Path
+
+    from pipeline.warehouse import schemas
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("tests/test_schemas.py keeps it in sync -->\n") + len("tests/test_schemas.py keeps it in sync -->\n")
+    end = readme.index("\n<!-- end of generated table -->")
+    assert readme[start:end] == schemas.columns_markdown()

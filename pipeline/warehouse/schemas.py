@@ -205,6 +205,31 @@ def empty_view_schema(table: str) -> pa.Schema:
     return schema
 
 
+# What a reader needs beyond a column's name (the README's column table, `columns_markdown`).
+COLUMN_NOTES = {
+    ("utterances", "sample_rate_hz"): "16000",
+    ("utterances", "metadata"): "map",
+    ("utterance_attributes", "value"): "from `metadata`; read before `utterances.metadata`",
+    ("frames", "vector"): "float16[D]; DuckDB reads FLOAT[]",
+    ("centroids", "vector"): "float32[D]",
+}
+
+
+def columns_markdown() -> str:
+    """The README's table of views and columns, key first (run, the partitions, tier), from TABLES:
+    tests/test_schemas.py checks that the README holds exactly this text."""
+    lines = ["| view | columns (key first) |", "|---|---|"]
+    for table, schema in TABLES.items():
+        key = ["run", *(name for name, _ in PARTITIONS.get(table, []))]
+        rest = [name for name in schema.names if name not in key]
+        if "tier" in rest:  # a tier kept in the file (clusters, centroids, decoded, run_agreement) is part of the key
+            rest.remove("tier")
+            key.append("tier")
+        cells = [f"{name} ({COLUMN_NOTES[table, name]})" if (table, name) in COLUMN_NOTES else name for name in key + rest]
+        lines.append(f"| `{table}` | {', '.join(cells)} |")
+    return "\n".join(lines)
+
+
 # Reason codes of the quarantine table; anything else is a bug.
 REASONS = {
     "decode_error": "the bytes are not readable audio (corrupt, truncated, not audio)",
