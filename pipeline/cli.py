@@ -1,12 +1,15 @@
-"""`python -m pipeline COMMAND`: a thin shell over the library; flags are the functions' parameters."""
+"""`python -m pipeline COMMAND`: a thin shell over the library; a stage's flags are its config's fields."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import types
+import typing
 from dataclasses import asdict
 
 log = logging.getLogger("pipeline")
@@ -42,19 +45,101 @@ def _common(p: argparse.ArgumentParser, writes: bool = False) -> None:
                        help="if another job holds the run's lock, wait for it instead of stopping at once")
 
 
-def _source_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", help="hub id, Parquet file/folder, or corpus folder (not for --format embedded)")
-    p.add_argument("--format", default="embedded", choices=["hf", "timit", "textgrid", "embedded"])
-    p.add_argument("--split", help="one split only (default: every split)")
-    p.add_argument("--id-column", default="id", help="hf: column(s) keying utterances; 'a,b' joins values with '/'")
-    p.add_argument("--limit", type=int, help="only the first N items of the stream")
-    p.add_argument("--run", required=True, help="name of the run (a folder-safe word)")
-    p.add_argument("--overwrite", action="store_true", help="drop the run's old files and facts first")
+# each stage command: its module (a config dataclass, `run(cfg) -> Result`), config class, help, whether it writes
+STAGES = {
+    "ingest": ("pipeline.stages.ingest", "IngestConfig",
+               "stream a corpus into the utterances, segments and quarantine tables", True),
+    "extract": ("pipeline.stages.extract", "ExtractConfig",
+                "stream a corpus through a model into the frames table (every chosen layer)", True),
+    "analyze": ("pipeline.stages.analyze", "AnalyzeConfig",
+                "per layer: k-means on a balanced sample, assign every frame, score against phone labels", True),
+    "score": ("pipeline.stages.score", "ScoreConfig",
+              "clustering metrics for any two columns of a Parquet file or warehouse view", False),
+    "reduce": ("pipeline.stages.reduce", "ReduceConfig",
+               "2-D PCA (fitted on every frame, streamed), t-SNE and UMAP (balanced sample) per layer", True),
+    "report": ("pipeline.report", "ReportConfig", "one self-contained HTML report (+ PNGs) of one or more runs", True),
+    "labels": ("pipeline.stages.labels", "LabelsConfig",
+               "CTC label tiers for a run's utterances from a …ForCTC checkpoint (greedy or forced)", True),
+    "transcripts": ("pipeline.stages.transcripts", "TranscriptsConfig",
+                    "cluster → label decoding with its CER, and per-frame transcriber disagreement", True),
+    "compare": ("pipeline.stages.compare", "CompareConfig",
+                "model against model: linear CKA between every layer pair, agreement of the clusterings", True),
+    "metadata": ("pipeline.stages.metadata", "MetadataConfig",
+                 "attach utterance attributes (speaker, gender, age…) from CSV/TSV/Parquet or Kaldi utt2<key> files",
+                 True),
+    "check": ("pipeline.stages.check", "CheckConfig",
+              "verify committed files, each run's facts against its frames, and every sql/checks query", False),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline.stages.extract import ExtractConfig  # its defaults are the flags' defaults
+def _stage(name: str):
+    """(the stage's module, its config class)."""
+    import importlib
 
+    module = importlib.import_module(STAGES[name][0])
+    return module, getattr(module, STAGES[name][1])
+
+
+def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
+    """One argument per field of a stage's config dataclass (`warehouse` is the common flag): `--kebab-case`,
+    typed by the annotation (int, float, str; `X | None` = optional), required when the field has no default.
+    A bool defaulting to False is a switch; one defaulting to True needs `metadata["flag"]` (e.g. --no-png),
+    which turns it off. Field metadata: help, choices, positional (a `list[...]` positional takes 1 or more),
+    cli=False to leave the field out of the command line."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        meta = f.metadata
+        if f.name == "warehouse" or not meta.get("cli", True):
+            continue
+        kind, many = _flag_type(hints[f.name], f.name, config)
+        kw = {"help": meta.get("help")}
+        if "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+        if kind in (int, float):
+            kw["type"] = kind
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if meta.get("positional"):
+            p.add_argument(f.name, **kw, **({"nargs": "+"} if many else {}))
+        elif kind is bool and default is True:
+            if "flag" not in meta:
+                raise TypeError(f"{config.__name__}.{f.name}: a switch that is on by default needs "
+                                "metadata['flag'], the option that turns it off (e.g. --no-png)")
+            p.add_argument(meta["flag"], dest=f.name, action="store_false", help=kw["help"])
+        elif kind is bool:
+            p.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), dest=f.name, action="store_true",
+                           help=kw["help"])
+        elif default is dataclasses.MISSING:
+            p.add_argument("--" + f.name.replace("_", "-"), required=True, **kw)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), default=default, **kw)
+
+
+def _flag_type(hint, name: str, config: type) -> tuple[type, bool]:
+    """(the scalar type of a config field, whether it is a list): `int | None` → (int, False)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"{config.__name__}.{name}: no command-line flag for type {hint!r}")
+    return hint, False
+
+
+def config_from_args(args: argparse.Namespace, config: type):
+    """The stage's config from the parsed flags (the fields are the flags' dests)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return config(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command; `only`: give flags to that stage command alone (importing a stage's module, for its
+    config, can take seconds: `sql` and `--help` should not wait for all of them)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -64,120 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    p = command("ingest", "stream a corpus into the utterances, segments and quarantine tables")
-    _source_flags(p)
-    p.add_argument("--shard-size", type=int, default=64, help="utterances per shard (default 64)")
-    _common(p, writes=True)
-
-    p = command("extract", "stream a corpus through a model into the frames table (every chosen layer)")
-    _source_flags(p)
-    p.add_argument("--model", default="default", help="hub id or local folder; 'default' = the embedded model")
-    p.add_argument("--layers", default="all", help="'all', or e.g. '-1,0,6-12' (-1 = CNN output, 0 = transformer input)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored vectors")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="compute precision (auto: float32 on CPU, bfloat16 autocast on CUDA)")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--max-batch-samples", type=int, default=ExtractConfig.max_batch_samples,
-                   help="padded audio samples per forward pass (default: 160 s)")
-    p.add_argument("--max-batch-size", type=int, default=ExtractConfig.max_batch_size)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    _common(p, writes=True)
-
-    p = command("analyze", "per layer: k-means on a balanced sample, assign every frame, score against phone labels")
-    p.add_argument("--run", required=True)
-    p.add_argument("--layers", default="all")
-    p.add_argument("--k", type=int, default=50)
-    p.add_argument("--tier", default="phone",
-                   help="labels to score against: phone, word, or a segments tier (ctc_greedy, ctc_char, …)")
-    p.add_argument("--sample-per-label", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-iter", type=int, default=50)
-    p.add_argument("--no-silence", action="store_true", help="also score without silence labels (sil, h#, pau, …)")
-    p.add_argument("--batch-frames", type=int, default=65_536, help="frames per assignment batch (bounds memory)")
-    p.add_argument("--by", help="also score per group of this utterance attribute (speaker, gender, dialect, …) "
-                                "and run the cross-group test")
-    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear phone probe")
-    _common(p, writes=True)
-
-    p = command("score", "clustering metrics for any two columns of a Parquet file or warehouse view")
-    p.add_argument("table", help="a Parquet file (or glob) or the name of a warehouse view")
-    p.add_argument("--labels", required=True, help="column of reference labels")
-    p.add_argument("--clusters", required=True, help="column of cluster ids")
-    p.add_argument("--where", help="SQL condition selecting rows, e.g. \"label_id != 0\"")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json", "ndjson"],
-                   help="json: one array of rows; ndjson: one object per line")
-    _common(p)
-
-    p = command("reduce", "2-D PCA (fitted on every frame, streamed), t-SNE and UMAP (balanced sample) per layer")
-    p.add_argument("--run", required=True)
-    p.add_argument("--layers", default="all")
-    p.add_argument("--methods", default="pca", help="comma list of pca, tsne, umap")
-    p.add_argument("--n", type=int, default=5000, help="frames in the map (a balanced sample)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tier", default="phone", help="phone, word, or a segments tier (ctc_greedy, …)")
-    p.add_argument("--pca-dims", type=int, default=50, help="PCA pre-reduction before t-SNE/UMAP")
-    p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--n-neighbors", type=int, default=15)
-    p.add_argument("--min-dist", type=float, default=0.1)
-    _common(p, writes=True)
-
-    p = command("report", "one self-contained HTML report (+ PNGs) of one or more runs")
-    p.add_argument("--runs", required=True, help="A or A,B")
-    p.add_argument("--out", default="storage/report")
-    p.add_argument("--k", type=int, help="clustering to show (default: the largest k analysed)")
-    p.add_argument("--methods", default="pca,tsne,umap")
-    p.add_argument("--map-points", type=int, default=2000)
-    p.add_argument("--top-n", type=int, default=15, help="phones coloured by name; the rest are 'other'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tier", default="phone", help="phone, word, or a segments tier (ctc_greedy, …)")
-    p.add_argument("--recompute", action="store_true",
-                   help="run `reduce` for every map and `compare` for every pair first")
-    p.add_argument("--compare-n", type=int,
-                   help="compare the first run with each other run on N frames first, where missing or stale "
-                        "(runs `compare`)")
-    p.add_argument("--no-png", dest="png", action="store_false")
-    _common(p, writes=True)
-
-    p = command("labels", "CTC label tiers for a run's utterances from a …ForCTC checkpoint (greedy or forced)")
-    p.add_argument("--run", required=True, help="the run to label; its corpus is reopened from its recorded source")
-    p.add_argument("--model", required=True, help="a …ForCTC checkpoint (hub id or folder) with its tokenizer")
-    p.add_argument("--source", default="greedy", choices=["greedy", "forced"],
-                   help="greedy: tier ctc_greedy (argmax per frame); forced: tiers ctc_char, ctc_word (Viterbi of the text)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--max-chunk-s", type=float, default=30.0, help="longer utterances run in windows of this length")
-    p.add_argument("--context-s", type=float, default=2.0, help="context on each side of a window")
-    p.add_argument("--tier-name", help="write tier NAME (forced: NAME_char, NAME_word) instead of the default names, "
-                                       "e.g. to keep a second model's labels beside the first's")
-    p.add_argument("--overwrite-tier", action="store_true",
-                   help="replace a tier another model (or other settings) made; default: refuse")
-    _common(p, writes=True)
-
-    p = command("transcripts", "cluster → label decoding with its CER, and per-frame transcriber disagreement")
-    p.add_argument("--run", required=True)
-    p.add_argument("--layers", default="all", help="layers whose clusterings are decoded: 'all' or a comma list")
-    p.add_argument("--k", type=int, help="only this k (default: every k clustered)")
-    p.add_argument("--references", default="text",
-                   help="comma list of reference transcripts: 'text' (utterances.text) or utterance metadata keys")
-    p.add_argument("--rule", default="gap", choices=["gap", "original"],
-                   help="disagreement rule: ours (gap), or the original study's error_category (original)")
-    p.add_argument("--empty-gap", default="next", choices=["next", "previous", "drop"],
-                   help="where reference text between characters on adjacent frames is counted")
-    p.add_argument("--tier", help="decode the clusterings trained for this tier only (default: every tier)")
-    _common(p, writes=True)
-
-    p = command("compare", "model against model: linear CKA between every layer pair, agreement of the clusterings")
-    p.add_argument("--runs", required=True, help="A,B: two runs of the same corpus")
-    p.add_argument("--n", type=int, default=5000, help="shared frames in the CKA sample (seeded)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, help="clusterings to compare (default: the largest k both runs analysed)")
-    p.add_argument("--tier", help="clusterings of this tier only (default: every tier both runs clustered)")
-    _common(p, writes=True)
-
-    p = command("metadata", "attach utterance attributes (speaker, gender, age…) from CSV/TSV/Parquet or Kaldi utt2<key> files")
-    p.add_argument("--run", required=True)
-    p.add_argument("files", nargs="+", help="files with an utterance_id column, or Kaldi utt2<key> files")
-    _common(p, writes=True)
+    for name, (_, _, help_text, writes) in STAGES.items():
+        p = command(name, help_text)
+        if only is None or only == name:
+            add_config_flags(p, _stage(name)[1])
+            _common(p, writes=writes)
 
     p = command("demo-models", "train the offline demo pair's 'after' model: the default model fine-tuned with CTC")
     p.add_argument("--seed", type=int, default=0)
@@ -194,10 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=100, help="table format: rows shown")
     _common(p)
 
-    p = command("check", "verify committed files, each run's facts against its frames, and every sql/checks query")
-    p.add_argument("--run", help="only this run (default: every run)")
-    _common(p)
-
     p = command("views", "print (or write with --out) a SQL script that creates the warehouse's views in any "
                          "DuckDB client: committed files only, plus runs, run_geometry and frame_labels")
     p.add_argument("--run", help="only this run's files and facts (default: every run)")
@@ -209,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A mistake (a missing folder, an unknown run, a bad query, an unreachable model) prints
     one line `error: …` and exits 1; `-v` adds the traceback."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=argv[0] if argv else "").parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -220,10 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault(name, "error")  # read when those libraries are imported, later
         for name in ("huggingface_hub", "transformers", "datasets", "urllib3", "filelock", "fsspec"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    handlers = {"ingest": _ingest, "extract": _extract, "sql": _sql, "analyze": _analyze, "score": _score,
-                "reduce": _reduce, "report": _report, "labels": _labels, "transcripts": _transcripts,
-                "compare": _compare, "demo-models": _demo_models,
-                "metadata": _metadata, "views": _views, "check": _check}
+    handlers = {"sql": _sql, "demo-models": _demo_models, "views": _views}
+    handlers.update({name: _run_stage for name in STAGES})
     try:
         runs = _written_runs(args)
         if runs is None:
@@ -257,17 +228,6 @@ def _written_runs(args) -> list[str] | None:
     return None
 
 
-def _check(args) -> int:
-    from pipeline.stages.check import check
-
-    report = check(args.warehouse, run=args.run)
-    print(report.table())
-    if not report.ok:
-        print(f"error: {len(report.failures)} check(s) failed; each FAIL row names the run and an example: rerun "
-              "the stage that wrote it (a damaged file), or --overwrite the run (facts that disagree)", file=sys.stderr)
-    return 0 if report.ok else 1
-
-
 def error_line(err: BaseException) -> str:
     """One line for an error: the message of an error we raise (it says what to do), DuckDB's and the
     file system's own; any other exception is a bug and says so."""
@@ -286,40 +246,39 @@ def _log_config(name: str, config: dict) -> None:
     log.info("%s: %s", name, json.dumps(config, sort_keys=True, default=str))
 
 
-def _ingest(args) -> int:
-    from pipeline.stages.ingest import ingest
-    from pipeline.corpus.sources import SourceSpec
+def _run_stage(args) -> int:
+    """A stage command: its config from the flags, `run(cfg)`, and what the result says."""
+    module, config = _stage(args.command)
+    cfg = config_from_args(args, config)
+    _log_config(args.command, asdict(cfg))
+    result = module.run(cfg)
+    if args.command == "extract":
+        if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank gathers, one prints
+            print(result.summary())
+    elif args.command == "analyze":
+        _print_analyze(cfg, result.rows)
+    elif args.command == "score":
+        import pyarrow as pa
 
-    spec = SourceSpec(args.format, args.corpus, args.split, args.id_column, args.limit)
-    _log_config("ingest", {**asdict(spec), "run": args.run, "warehouse": args.warehouse, "shard_size": args.shard_size})
-    counts = ingest(spec, args.run, args.warehouse, args.shard_size, args.overwrite)
-    print(
-        f"ingest {args.run}: {counts['utterances']} utterances, {counts['segments']} segments, "
-        f"{counts['quarantined']} quarantined, {counts['shards']} shards written "
-        f"({counts['skipped_shards']} already committed)"
-    )
+        _print(pa.Table.from_pylist(result.rows), cfg.format)
+    elif args.command == "compare":
+        print(result.summary())
+        _print(result.out["cka"], "table", max_rows=20)
+        if result.out["agreement"] is not None and result.out["agreement"].num_rows:
+            _print(result.out["agreement"], "table", max_rows=60)
+    elif args.command == "check":
+        print(result.summary())
+        if not result.ok:
+            print(f"error: {len(result.failures)} check(s) failed; each FAIL row names the run and an example: "
+                  "rerun the stage that wrote it (a damaged file), or --overwrite the run (facts that disagree)",
+                  file=sys.stderr)
+            return 1
+    else:
+        print(result.summary())
     return 0
 
 
-def _extract(args) -> int:
-    from pipeline.stages.extract import ExtractConfig, extract
-
-    fields = ExtractConfig.__dataclass_fields__
-    cfg = ExtractConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    _log_config("extract", asdict(cfg))
-    counts = extract(cfg)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(counts.summary())
-    return 0
-
-
-def _analyze(args) -> int:
-    from pipeline.stages.analyze import AnalyzeConfig, analyze
-
-    fields = AnalyzeConfig.__dataclass_fields__
-    cfg = AnalyzeConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    _log_config("analyze", asdict(cfg))
-    rows = analyze(cfg)
+def _print_analyze(cfg, rows: list[dict]) -> None:
     import pyarrow as pa
 
     shown = ["layer", "ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette",
@@ -331,38 +290,6 @@ def _analyze(args) -> int:
         print(f"per {cfg.by} (table group_metrics):")
         _print(query(cfg.warehouse, "group_metrics_wide", {"run": cfg.run, "k": cfg.k, "tier": cfg.tier, "by": cfg.by}),
                "table")
-    return 0
-
-
-def _labels(args) -> int:
-    from pipeline.stages.labels import labels
-
-    params = {k: getattr(args, k) for k in ("run", "model", "warehouse", "source", "device", "max_chunk_s", "context_s",
-                                          "tier_name", "overwrite_tier")}
-    _log_config("labels", params)
-    print(labels(**params).summary())
-    return 0
-
-
-def _transcripts(args) -> int:
-    from pipeline.stages.transcripts import TranscriptsConfig, transcripts
-
-    fields = TranscriptsConfig.__dataclass_fields__
-    cfg = TranscriptsConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    _log_config("transcripts", asdict(cfg))
-    written = transcripts(cfg)
-    print("transcripts: " + ", ".join(f"{n} rows of {t}" for t, n in written.items()))
-    return 0
-
-
-def _metadata(args) -> int:
-    from pipeline.stages.metadata import attach_metadata
-
-    _log_config("metadata", {"run": args.run, "files": args.files, "warehouse": args.warehouse})
-    counts = attach_metadata(args.run, args.files, args.warehouse)
-    print(f"metadata {args.run}: {counts['rows']} attribute values from {counts['files']} file(s); "
-          f"{counts['unknown_ids']} rows for utterances the run does not have were left out")
-    return 0
 
 
 def _demo_models(args) -> int:
@@ -370,55 +297,6 @@ def _demo_models(args) -> int:
 
     _log_config("demo-models", {"warehouse": args.warehouse, "seed": args.seed})
     print(f"demo-models: {train_demo_model(args.warehouse, seed=args.seed)}")
-    return 0
-
-
-def _compare(args) -> int:
-    from pipeline.stages.compare import compare
-
-    params = {"runs": args.runs, "warehouse": args.warehouse, "n": args.n, "seed": args.seed, "k": args.k,
-              "tier": args.tier}
-    _log_config("compare", params)
-    out = compare(**params)
-    print(f"compare {out['run']} vs {out['other']}: {out['frames']} frames of {out['shared_utterances']} shared "
-          f"utterances, k = {out['k']}, {out['total_s']:.1f} s")
-    _print(out["cka"], "table", max_rows=20)
-    if out["agreement"] is not None and out["agreement"].num_rows:
-        _print(out["agreement"], "table", max_rows=60)
-    return 0
-
-
-def _reduce(args) -> int:
-    from pipeline.stages.reduce import reduce_many
-
-    keys = ["run", "layers", "methods", "warehouse", "n", "seed", "tier", "pca_dims", "perplexity", "n_neighbors",
-            "min_dist"]
-    params = {k: getattr(args, k) for k in keys}
-    _log_config("reduce", params)
-    for info in reduce_many(**params):
-        print(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, default=str))
-    return 0
-
-
-def _report(args) -> int:
-    from pipeline.report import build_report
-
-    params = {"runs": args.runs, "warehouse": args.warehouse, "out": args.out, "k": args.k,
-              "methods": tuple(m for m in args.methods.split(",") if m), "map_points": args.map_points,
-              "top_n": args.top_n, "seed": args.seed, "tier": args.tier, "recompute": args.recompute, "png": args.png,
-              "compare_n": args.compare_n}
-    _log_config("report", params)
-    print(f"report: {build_report(**params)}")
-    return 0
-
-
-def _score(args) -> int:
-    from pipeline.stages.score import score_table
-
-    rows = score_table(args.table, args.labels, args.clusters, args.where, args.warehouse)
-    import pyarrow as pa
-
-    _print(pa.Table.from_pylist(rows), args.format)
     return 0
 
 

@@ -30,7 +30,7 @@ import logging
 import os
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -466,3 +466,35 @@ def write_report(out: Path, runs: Sequence[str], sections: list[Section], table,
     (out / "report.json").write_text(json.dumps({"runs": list(runs), **(facts or {}), "figures": figures,
                                                  "html_bytes": len(page.encode())}, indent=1, default=str))
     return out / "index.html"
+
+
+@dataclass
+class ReportConfig:
+    """The parameters of `report`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    runs: str = field(metadata={"help": "A or A,B"})
+    warehouse: str = "storage"
+    out: str = "storage/report"
+    k: int | None = field(default=None, metadata={"help": "clustering to show (default: the largest k analysed)"})
+    methods: str = ",".join(METHODS)
+    map_points: int = 2000
+    top_n: int = field(default=15, metadata={"help": "phones coloured by name; the rest are 'other'"})
+    seed: int = 0
+    tier: str = field(default="phone", metadata={"help": "phone, word, or a segments tier (ctc_greedy, …)"})
+    recompute: bool = field(default=False, metadata={
+        "help": "run `reduce` for every map and `compare` for every pair first"})
+    compare_n: int | None = field(default=None, metadata={
+        "help": "compare the first run with each other run on N frames first, where missing or stale (runs `compare`)"})
+    png: bool = field(default=True, metadata={"flag": "--no-png"})
+
+
+@dataclass
+class ReportResult:
+    html: Path
+
+    def summary(self) -> str:
+        return f"report: {self.html}"
+
+
+def run(cfg: ReportConfig) -> ReportResult:
+    return ReportResult(build_report(**{**asdict(cfg), "methods": tuple(m for m in cfg.methods.split(",") if m)}))

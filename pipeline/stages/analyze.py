@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -54,21 +54,25 @@ NO_GROUP = ""  # utterances without the --by attribute (and every utterance with
 
 @dataclass
 class AnalyzeConfig:
-    """The parameters of `analyze`; the CLI's flags are these names."""
+    """The parameters of `analyze`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
 
     run: str
     warehouse: str = "storage"
     layers: str = "all"
     k: int = 50
-    tier: str = "phone"  # 'phone'/'word' (frames columns) or any `segments` tier, e.g. ctc_greedy, ctc_char
+    tier: str = field(default="phone", metadata={
+        "help": "labels to score against: phone, word, or a segments tier (ctc_greedy, ctc_char, …)"})
     sample_per_label: int = 500  # balanced k-means training sample: at most this many frames per label
     seed: int = 0
     n_iter: int = 50
-    no_silence: bool = False  # also score without silence labels (phone_classes.SILENCE_LABELS)
-    silhouette_points: int = 5_000
-    batch_frames: int = 65_536
-    by: str | None = None  # also score per group of this utterance attribute (speaker, gender, dialect, …)
-    probe: bool = True  # linear phone probe per layer, trained and tested on disjoint speakers
+    no_silence: bool = field(default=False, metadata={
+        "help": "also score without silence labels (sil, h#, pau, …)"})
+    silhouette_points: int = field(default=5_000, metadata={"cli": False})
+    batch_frames: int = field(default=65_536, metadata={"help": "frames per assignment batch (bounds memory)"})
+    by: str | None = field(default=None, metadata={
+        "help": "also score per group of this utterance attribute (speaker, gender, dialect, …) "
+                "and run the cross-group test"})
+    probe: bool = field(default=True, metadata={"flag": "--no-probe", "help": "skip the linear phone probe"})
 
 
 def vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -308,3 +312,14 @@ def analyze(cfg: AnalyzeConfig) -> list[dict]:
     for layer in wanted:
         rows.append({"layer": layer, **analyze_layer(wh, cfg, layer, con, committed, groups)})
     return rows
+
+
+@dataclass
+class AnalyzeResult:
+    """One row of metrics per layer (the CLI prints them as a table)."""
+
+    rows: list[dict]
+
+
+def run(cfg: AnalyzeConfig) -> AnalyzeResult:
+    return AnalyzeResult(analyze(cfg))

@@ -72,6 +72,9 @@ class CheckReport:
         lines.append(f"{len(self.results) - n_bad} passed, {n_bad} failed")
         return "\n".join(lines)
 
+    def summary(self) -> str:
+        return self.table()
+
     def __str__(self) -> str:
         return self.table()
 
@@ -322,3 +325,15 @@ def _describe(row: dict) -> str:
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
+
+
+@dataclass
+class CheckConfig:
+    """The parameters of `check`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    run: str | None = field(default=None, metadata={"help": "only this run (default: every run)"})
+    warehouse: str = "storage"
+
+
+def run(cfg: CheckConfig) -> CheckReport:
+    return check(cfg.warehouse, run=cfg.run)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -220,3 +221,33 @@ def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: in
     log.info("compare %s with %s: %d frames, k = %s, %.1f s", run, other, n_frames, k, seconds["total_s"])
     return {**params, "frames": n_frames, "shared_utterances": shared["n_shared"], "cka": cka,
             "agreement": agree, **seconds}
+
+
+@dataclass
+class CompareConfig:
+    """The parameters of `compare`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    runs: str = field(metadata={"help": "A,B: two runs of the same corpus"})
+    warehouse: str = "storage"
+    n: int = field(default=5000, metadata={"help": "shared frames in the CKA sample (seeded)"})
+    seed: int = 0
+    k: int | None = field(default=None, metadata={
+        "help": "clusterings to compare (default: the largest k both runs analysed)"})
+    tier: str | None = field(default=None, metadata={
+        "help": "clusterings of this tier only (default: every tier both runs clustered)"})
+
+
+@dataclass
+class CompareResult:
+    """What `compare` wrote: its parameters, counts and timings, and the tables `cka` and `run_agreement`."""
+
+    out: dict
+
+    def summary(self) -> str:
+        o = self.out
+        return (f"compare {o['run']} vs {o['other']}: {o['frames']} frames of {o['shared_utterances']} shared "
+                f"utterances, k = {o['k']}, {o['total_s']:.1f} s")
+
+
+def run(cfg: CompareConfig) -> CompareResult:
+    return CompareResult(compare(**asdict(cfg)))

@@ -29,7 +29,11 @@ from pipeline.warehouse import keys, schemas
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE
 from pipeline.stages.ingest import (
+    CORPUS_HELP,
+    ID_COLUMN_HELP,
+    OVERWRITE_HELP,
     SHARD_SIZE,
+    SOURCE_FORMATS,
     Prepared,
     QuarantineRow,
     committed_ids,
@@ -52,25 +56,29 @@ MAX_BATCH_SAMPLES = DEFAULT_MAX_BATCH_SAMPLES  # padded audio per forward pass (
 
 @dataclass
 class ExtractConfig:
-    """The parameters of `extract`; the CLI's flags are these names."""
+    """The parameters of `extract`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
 
-    run: str
-    model: str = "default"
-    format: str = "embedded"
-    corpus: str | None = None
-    split: str | None = None
-    id_column: str = "id"
-    limit: int | None = None
-    layers: str = "all"
+    run: str = field(metadata={"help": "name of the run (a folder-safe word)"})
+    model: str = field(default="default", metadata={"help": "hub id or local folder; 'default' = the embedded model"})
+    format: str = field(default="embedded", metadata={"choices": SOURCE_FORMATS})
+    corpus: str | None = field(default=None, metadata={"help": CORPUS_HELP})
+    split: str | None = field(default=None, metadata={"help": "one split only (default: every split)"})
+    id_column: str = field(default="id", metadata={"help": ID_COLUMN_HELP})
+    limit: int | None = field(default=None, metadata={"help": "only the first N items of the stream"})
+    layers: str = field(default="all", metadata={
+        "help": "'all', or e.g. '-1,0,6-12' (-1 = CNN output, 0 = transformer input)"})
     warehouse: str = "storage"
-    device: str = "auto"
-    dtype: str = "float16"  # stored vectors
-    precision: str = "auto"  # compute: float32 on CPU, bfloat16 autocast on CUDA
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    dtype: str = field(default="float16", metadata={"choices": ("float16", "float32"), "help": "stored vectors"})
+    precision: str = field(default="auto", metadata={
+        "choices": ("auto", "float32", "float16", "bfloat16"),
+        "help": "compute precision (auto: float32 on CPU, bfloat16 autocast on CUDA)"})
     shard_size: int = SHARD_SIZE
-    max_batch_samples: int = MAX_BATCH_SAMPLES
+    max_batch_samples: int = field(default=MAX_BATCH_SAMPLES, metadata={
+        "help": "padded audio samples per forward pass (default: 160 s)"})
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    overwrite: bool = False
-    progress: bool = True
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    progress: bool = field(default=True, metadata={"flag": "--no-progress"})
 
 
 @dataclass
@@ -453,6 +461,11 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     counts.bytes = writer.bytes
     counts.wall_s = time.perf_counter() - started
     return _gather(counts, world_size)
+
+
+def run(cfg: ExtractConfig) -> Counts:
+    """The stage's entry (`python -m pipeline extract`): this process's rank and world size from the environment."""
+    return extract(cfg)
 
 
 def _shard_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepared: list[Prepared],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count, groupby
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -31,6 +31,11 @@ from pipeline.warehouse import FactsMismatch, FileRecord, Warehouse, fingerprint
 log = logging.getLogger(__name__)
 
 SHARD_SIZE = 64  # utterances per shard: ~3 min of TIMIT audio, one commit each
+# the corpus flags of `ingest` and `extract` (their configs' fields)
+SOURCE_FORMATS = ("hf", "timit", "textgrid", "embedded")
+CORPUS_HELP = "hub id, Parquet file/folder, or corpus folder (not for --format embedded)"
+ID_COLUMN_HELP = "hf: column(s) keying utterances; 'a,b' joins values with '/'"
+OVERWRITE_HELP = "drop the run's old files and facts first"
 
 
 @dataclass
@@ -300,3 +305,36 @@ def ingest(
         counts["quarantined"] += len(bad)
         counts["segments"] += files[1].rows
     return counts
+
+
+@dataclass
+class IngestConfig:
+    """The parameters of `ingest`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    run: str = field(metadata={"help": "name of the run (a folder-safe word)"})
+    format: str = field(default="embedded", metadata={"choices": SOURCE_FORMATS})
+    corpus: str | None = field(default=None, metadata={"help": CORPUS_HELP})
+    split: str | None = field(default=None, metadata={"help": "one split only (default: every split)"})
+    id_column: str = field(default="id", metadata={"help": ID_COLUMN_HELP})
+    limit: int | None = field(default=None, metadata={"help": "only the first N items of the stream"})
+    warehouse: str = "storage"
+    shard_size: int = field(default=SHARD_SIZE, metadata={"help": f"utterances per shard (default {SHARD_SIZE})"})
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+    def spec(self) -> SourceSpec:
+        return SourceSpec(self.format, self.corpus, self.split, self.id_column, self.limit)
+
+
+@dataclass
+class IngestResult:
+    run: str
+    counts: dict
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"ingest {self.run}: {c['utterances']} utterances, {c['segments']} segments, "
+                f"{c['quarantined']} quarantined, {c['shards']} shards written ({c['skipped_shards']} already committed)")
+
+
+def run(cfg: IngestConfig) -> IngestResult:
+    return IngestResult(cfg.run, ingest(cfg.spec(), cfg.run, cfg.warehouse, cfg.shard_size, cfg.overwrite))

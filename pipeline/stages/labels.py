@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -380,3 +380,28 @@ def _kept_utterances(wh: Warehouse, run: str) -> dict[str, tuple[int, str | None
         t = pq.read_table(wh.root / path, columns=["utterance_id", "n_samples", "text"]).to_pydict()
         out.update(zip(t["utterance_id"], zip(t["n_samples"], t["text"])))
     return out
+
+
+@dataclass
+class LabelsConfig:
+    """The parameters of `labels`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    run: str = field(metadata={"help": "the run to label; its corpus is reopened from its recorded source"})
+    model: str = field(metadata={"help": "a …ForCTC checkpoint (hub id or folder) with its tokenizer"})
+    warehouse: str = "storage"
+    source: str = field(default="greedy", metadata={
+        "choices": tuple(SOURCES),
+        "help": "greedy: tier ctc_greedy (argmax per frame); forced: tiers ctc_char, ctc_word (Viterbi of the text)"})
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    max_chunk_s: float | None = field(default=MAX_CHUNK_S, metadata={
+        "help": "longer utterances run in windows of this length"})
+    context_s: float = field(default=CONTEXT_S, metadata={"help": "context on each side of a window"})
+    tier_name: str | None = field(default=None, metadata={
+        "help": "write tier NAME (forced: NAME_char, NAME_word) instead of the default names, "
+                "e.g. to keep a second model's labels beside the first's"})
+    overwrite_tier: bool = field(default=False, metadata={
+        "help": "replace a tier another model (or other settings) made; default: refuse"})
+
+
+def run(cfg: LabelsConfig) -> LabelCounts:
+    return labels(**asdict(cfg))

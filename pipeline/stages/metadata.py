@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -143,3 +144,28 @@ def _retire_old_names(wh: Warehouse, run: str, path: Path, stage: str) -> None:
         if (keys.kind(old_stage) == keys.METADATA and old_stage != stage and rec.get("source") == str(path)
                 and rec["files"]):
             wh.commit(run, old_stage, shard, [], source=str(path), superseded_by=stage)
+
+
+@dataclass
+class MetadataConfig:
+    """The parameters of `metadata`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    run: str
+    files: list[str] = field(metadata={
+        "positional": True, "help": "files with an utterance_id column, or Kaldi utt2<key> files"})
+    warehouse: str = "storage"
+
+
+@dataclass
+class MetadataResult:
+    run: str
+    counts: dict[str, int]
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"metadata {self.run}: {c['rows']} attribute values from {c['files']} file(s); "
+                f"{c['unknown_ids']} rows for utterances the run does not have were left out")
+
+
+def run(cfg: MetadataConfig) -> MetadataResult:
+    return MetadataResult(cfg.run, attach_metadata(cfg.run, cfg.files, cfg.warehouse))

@@ -17,8 +17,10 @@ explained variance.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -124,3 +126,34 @@ def reduce_many(run: str, layers: str = "all", methods: str = "pca", warehouse: 
     wanted = chosen_layers(extracted_facts(Warehouse(warehouse), run), run, layers)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     return [reduce(run, layer, method, warehouse=warehouse, **kwargs) for method in names for layer in wanted]
+
+
+@dataclass
+class ReduceConfig:
+    """The parameters of `reduce`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    run: str
+    layers: str = "all"
+    methods: str = field(default="pca", metadata={"help": "comma list of pca, tsne, umap"})
+    warehouse: str = "storage"
+    n: int = field(default=5000, metadata={"help": "frames in the map (a balanced sample)"})
+    seed: int = 0
+    tier: str = field(default="phone", metadata={"help": "phone, word, or a segments tier (ctc_greedy, …)"})
+    pca_dims: int = field(default=50, metadata={"help": "PCA pre-reduction before t-SNE/UMAP"})
+    perplexity: float = 30.0
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+
+
+@dataclass
+class ReduceResult:
+    maps: list[dict]  # what `reduce` returned for each (method, layer)
+
+    def summary(self) -> str:
+        """One JSON line per map: its scalar facts."""
+        return "\n".join(json.dumps({k: v for k, v in info.items() if not isinstance(v, (list, dict))}, default=str)
+                         for info in self.maps)
+
+
+def run(cfg: ReduceConfig) -> ReduceResult:
+    return ReduceResult(reduce_many(**asdict(cfg)))

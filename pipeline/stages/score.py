@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.algorithms.metrics import cluster_metrics
@@ -38,3 +39,28 @@ def score_table(table: str, labels: str, clusters: str, where: str | None = None
     return [{"metric": k, "value": float(v)} for k, v in scores.items()] + [
         {"metric": "rows_without_label_or_cluster", "value": float(n_null)}
     ]
+
+
+@dataclass
+class ScoreConfig:
+    """The parameters of `score`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
+
+    table: str = field(metadata={"positional": True,
+                                 "help": "a Parquet file (or glob) or the name of a warehouse view"})
+    labels: str = field(metadata={"help": "column of reference labels"})
+    clusters: str = field(metadata={"help": "column of cluster ids"})
+    where: str | None = field(default=None, metadata={"help": "SQL condition selecting rows, e.g. \"label_id != 0\""})
+    format: str = field(default="table", metadata={
+        "choices": ("table", "csv", "json", "ndjson"), "help": "json: one array of rows; ndjson: one object per line"})
+    warehouse: str = "storage"
+
+
+@dataclass
+class ScoreResult:
+    """One row per metric (the CLI prints them in the chosen --format)."""
+
+    rows: list[dict]
+
+
+def run(cfg: ScoreConfig) -> ScoreResult:
+    return ScoreResult(score_table(cfg.table, cfg.labels, cfg.clusters, cfg.where, cfg.warehouse))

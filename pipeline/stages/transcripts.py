@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -58,16 +58,22 @@ UTTERANCES_SQL = "utterance_texts"
 
 @dataclass
 class TranscriptsConfig:
-    """The parameters of `transcripts`; the CLI's flags are these names."""
+    """The parameters of `transcripts`; the CLI's flags are these names (pipeline.cli builds them from the fields)."""
 
     run: str
     warehouse: str = "storage"
-    layers: str = "all"  # layers with clusters to decode: 'all' or a comma list
-    k: int | None = None  # None: every k clustered
-    tier: str | None = None  # only the clusterings trained for this tier; None: every tier clustered
-    references: str = "text"  # comma list: `text` (utterances.text) or utterances.metadata keys
-    rule: str = "gap"
-    empty_gap: str = "next"
+    layers: str = field(default="all", metadata={"help": "layers whose clusterings are decoded: 'all' or a comma list"})
+    k: int | None = field(default=None, metadata={"help": "only this k (default: every k clustered)"})
+    tier: str | None = field(default=None, metadata={
+        "help": "decode the clusterings trained for this tier only (default: every tier)"})
+    references: str = field(default="text", metadata={
+        "help": "comma list of reference transcripts: 'text' (utterances.text) or utterance metadata keys"})
+    rule: str = field(default="gap", metadata={
+        "choices": ("gap", "original"),
+        "help": "disagreement rule: ours (gap), or the original study's error_category (original)"})
+    empty_gap: str = field(default="next", metadata={
+        "choices": ("next", "previous", "drop"),
+        "help": "where reference text between characters on adjacent frames is counted"})
 
 
 def greedy_frame_labels(rows: pa.Table, hop_s: float) -> dict[str, np.ndarray]:
@@ -186,3 +192,15 @@ def transcripts(cfg: TranscriptsConfig) -> dict[str, int]:
               seconds=time.perf_counter() - t0)
     written["frame_disagreement"] = table.num_rows
     return written
+
+
+@dataclass
+class TranscriptsResult:
+    written: dict[str, int]  # rows written per table
+
+    def summary(self) -> str:
+        return "transcripts: " + ", ".join(f"{n} rows of {t}" for t, n in self.written.items())
+
+
+def run(cfg: TranscriptsConfig) -> TranscriptsResult:
+    return TranscriptsResult(transcripts(cfg))
