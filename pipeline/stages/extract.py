@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -92,7 +92,6 @@ class Counts:
     audio_s: float = 0.0
     model_s: float = 0.0
     wall_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, other: "Counts") -> None:
         for name in ("shards", "skipped_shards", "utterances", "quarantined", "frames", "bytes", "audio_s", "model_s"):
