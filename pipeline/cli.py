@@ -255,17 +255,10 @@ def _run_stage(args) -> int:
     if args.command == "extract":
         if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank gathers, one prints
             print(result.summary())
-    elif args.command == "analyze":
-        _print_analyze(cfg, result.rows)
-    elif args.command == "score":
+    elif args.command == "score" and cfg.format != "table":
         import pyarrow as pa
 
         _print(pa.Table.from_pylist(result.rows), cfg.format)
-    elif args.command == "compare":
-        print(result.summary())
-        _print(result.out["cka"], "table", max_rows=20)
-        if result.out["agreement"] is not None and result.out["agreement"].num_rows:
-            _print(result.out["agreement"], "table", max_rows=60)
     elif args.command == "check":
         print(result.summary())
         if not result.ok:
@@ -276,20 +269,6 @@ def _run_stage(args) -> int:
     else:
         print(result.summary())
     return 0
-
-
-def _print_analyze(cfg, rows: list[dict]) -> None:
-    import pyarrow as pa
-
-    shown = ["layer", "ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette",
-             "ami_shuffled_sample", "probe_balanced_accuracy", "kmeans_train_points"]
-    _print(pa.Table.from_pylist([{k: r.get(k) for k in shown} for r in rows]), "table")
-    if cfg.by:
-        from pipeline.sql import query
-
-        print(f"per {cfg.by} (table group_metrics):")
-        _print(query(cfg.warehouse, "group_metrics_wide", {"run": cfg.run, "k": cfg.k, "tier": cfg.tier, "by": cfg.by}),
-               "table")
 
 
 def _demo_models(args) -> int:
@@ -405,8 +384,6 @@ def _print(table, fmt: str, max_rows: int = 100) -> None:
         _render(table, fmt, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     else:
-        import polars as pl
+        from pipeline.sql import table_text
 
-        with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
-                       float_precision=4):
-            print(pl.from_arrow(table))
+        print(table_text(table, max_rows))

@@ -85,3 +85,11 @@ def run_checks(warehouse: str | Path) -> dict[str, int]:
             raise rows
         out[name] = rows.num_rows
     return out
+
+
+def table_text(table: pa.Table, max_rows: int = 100) -> str:
+    """A query result as the text table the CLI prints (polars' rendering: every column, 4 decimals)."""
+    import polars as pl
+
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200, float_precision=4):
+        return str(pl.from_arrow(table))

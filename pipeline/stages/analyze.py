@@ -39,7 +39,7 @@ from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.algorithms.kmeans import assign, fit_kmeans
 from pipeline.algorithms.phone_classes import SILENCE_LABELS
 from pipeline.algorithms.probe import fit_score, speaker_disjoint_probe
-from pipeline.sql import query
+from pipeline.sql import query, table_text
 from pipeline.stages.inputs import chosen_layers, extracted_facts, require_tier
 from pipeline.warehouse import Warehouse, fingerprint, keys
 from pipeline.warehouse.schemas import (CLUSTER_LABELS, CLUSTERS, FRAME_TIERS, GROUP_METRICS, METRICS, centroids_schema,
@@ -316,10 +316,25 @@ def analyze(cfg: AnalyzeConfig) -> list[dict]:
 
 @dataclass
 class AnalyzeResult:
-    """One row of metrics per layer (the CLI prints them as a table)."""
+    """One row of metrics per layer, and with `--by` the per-group table (group_metrics_wide)."""
 
     rows: list[dict]
+    by: str | None = None
+    groups: pa.Table | None = None
+
+    SHOWN = ("layer", "ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette",
+             "ami_shuffled_sample", "probe_balanced_accuracy", "kmeans_train_points")
+
+    def summary(self) -> str:
+        text = table_text(pa.Table.from_pylist([{k: r.get(k) for k in self.SHOWN} for r in self.rows]))
+        if self.groups is not None:
+            text += f"\nper {self.by} (table group_metrics):\n" + table_text(self.groups)
+        return text
 
 
 def run(cfg: AnalyzeConfig) -> AnalyzeResult:
-    return AnalyzeResult(analyze(cfg))
+    rows = analyze(cfg)
+    groups = None
+    if cfg.by:
+        groups = query(cfg.warehouse, "group_metrics_wide", {"run": cfg.run, "k": cfg.k, "tier": cfg.tier, "by": cfg.by})
+    return AnalyzeResult(rows, cfg.by, groups)

@@ -244,9 +244,14 @@ class CompareResult:
     out: dict
 
     def summary(self) -> str:
+        from pipeline.sql import table_text
+
         o = self.out
-        return (f"compare {o['run']} vs {o['other']}: {o['frames']} frames of {o['shared_utterances']} shared "
-                f"utterances, k = {o['k']}, {o['total_s']:.1f} s")
+        text = (f"compare {o['run']} vs {o['other']}: {o['frames']} frames of {o['shared_utterances']} shared "
+                f"utterances, k = {o['k']}, {o['total_s']:.1f} s\n" + table_text(o["cka"], max_rows=20))
+        if o["agreement"] is not None and o["agreement"].num_rows:
+            text += "\n" + table_text(o["agreement"], max_rows=60)
+        return text
 
 
 def run(cfg: CompareConfig) -> CompareResult:

@@ -57,9 +57,16 @@ class ScoreConfig:
 
 @dataclass
 class ScoreResult:
-    """One row per metric (the CLI prints them in the chosen --format)."""
+    """One row per metric (the CLI prints them in the chosen --format; `summary` is the table)."""
 
     rows: list[dict]
+
+    def summary(self) -> str:
+        import pyarrow as pa
+
+        from pipeline.sql import table_text
+
+        return table_text(pa.Table.from_pylist(self.rows))
 
 
 def run(cfg: ScoreConfig) -> ScoreResult:
