@@ -199,13 +199,18 @@ def _walk_files(root: Path) -> list[tuple[str, os.stat_result]]:
     return sorted(out)
 
 
+def corpus_changed(then: str | None, now: str | None) -> bool:
+    """Two corpus fingerprints differ: a fingerprint unknown then or now (a Hub id offline) is not a change."""
+    return then is not None and now is not None and then != now
+
+
 def ensure_run_facts(wh: Warehouse, run: str, facts: dict) -> dict:
     """`wh.ensure_facts`, with a message that says so when the corpus is what changed. A fingerprint
     unknown now or then (a Hub id offline) is not a change: the run keeps the one it recorded."""
     old = wh.read_facts(run) or {}
     then, now = old.get("corpus_fingerprint"), facts.get("corpus_fingerprint")
     if "corpus_fingerprint" in old and then != now:
-        if then is None or now is None:
+        if not corpus_changed(then, now):
             log.warning("run %r: the corpus fingerprint is unknown %s; a resume is checked by each shard's ids only",
                         run, "now" if now is None else "in the run's facts")
             facts = {**facts, "corpus_fingerprint": then}

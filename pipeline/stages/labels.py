@@ -42,7 +42,8 @@ import pyarrow.parquet as pq
 from pipeline.algorithms import ctc
 from pipeline.warehouse import keys, schemas
 from pipeline.algorithms.geometry import FrameGeometry
-from pipeline.stages.ingest import CorpusChanged, Prepared, corpus_fingerprint, iter_shards, prepare_shard
+from pipeline.stages.ingest import (CorpusChanged, Prepared, corpus_changed, corpus_fingerprint, iter_shards,
+                                    prepare_shard)
 from pipeline.corpus.records import Segment
 from pipeline.corpus.sources import SourceSpec
 from pipeline.warehouse import Warehouse, fingerprint
@@ -323,7 +324,7 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
     kept = _kept_utterances(wh, run)
     spec = SourceSpec(**facts["source"])
     then, now = facts.get("corpus_fingerprint"), corpus_fingerprint(spec)
-    if then is not None and now is not None and then != now:  # unknown (a Hub id offline) is not a change
+    if corpus_changed(then, now):
         raise CorpusChanged(f"run {run!r} in {wh.root}: its corpus {spec.corpus or 'the embedded corpus'} changed "
                             f"since the run was made (corpus_fingerprint {then!r} then, {now!r} now): labels would "
                             "attach to other audio; restore the corpus, or extract it again under a new --run")
