@@ -7,7 +7,7 @@ WH     ?= storage
 
 AFTER  ?= $(RUN)-ctc
 
-.PHONY: install extract analyze reduce report demo-models all test test-fast bench clean
+.PHONY: install extract analyze reduce report demo-models all test test-fast bench bench-gpu clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -55,6 +55,9 @@ test-fast: install
 
 bench: install  ## writes bench/results.json, quoted in the README
 	$(PY) -m bench.run --out bench/results.json
+
+bench-gpu: install  ## the CUDA bench (bench/gpu.py; one GPU, <= 8 min): bench/results-gpu.json
+	$(PY) -m bench.gpu --out bench/results-gpu.json
 
 clean:
 	rm -rf $(WH)/*/ $(WH)/_* .pytest_cache

@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +47,7 @@ class Plan:
     analyze_utterances: int  # analyze_memory: one shard (64 in full mode); the longer run is it ten times over
     reduce_points: int  # t-SNE / UMAP map size (the target names 50,000)
     long_recording_minutes: tuple[int, ...] = (1, 10, 60)  # one recording each
+    loop: dict = field(default_factory=dict)  # extract_vs_loop: name -> bench.loop.LoopCase
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bench.common import Context, check, check_line, median, timed
+from pipeline.warehouse import vectors
 
 
 DISK_LAYERS = {"default": "all", "base": "-1,0,1"}  # base: the forward pass stops after layer 1
@@ -48,17 +49,15 @@ def disk_bytes(ctx: Context) -> dict:
 
 
 def _dictionary_off(path: Path) -> dict:
-    """Warehouse.write's Parquet settings on one frames file, as written and with the dictionary
-    encoding of `vector` off (pyarrow dictionary-encodes every column by default)."""
-    from pipeline.warehouse import ZSTD_LEVEL
-
+    """Warehouse.write's Parquet settings on one frames file (pipeline.warehouse.vectors.writer_options:
+    `vector` without a dictionary), and with the dictionary encoding of `vector` on (pyarrow's default)."""
     table = pq.read_table(path)
-    kwargs = dict(compression="zstd", compression_level=ZSTD_LEVEL, row_group_size=64 * 1024, write_statistics=True)
+    kwargs = {**vectors.writer_options(table.schema), "row_group_size": 64 * 1024}
     sizes, walls = {}, {}
-    for label, extra in (("dict", {}), ("nodict", {"use_dictionary": [c for c in table.column_names if c != "vector"]})):
+    for label, extra in (("dict", {"use_dictionary": True}), ("nodict", {})):
         for _ in range(3):
             buf = io.BytesIO()
-            walls.setdefault(label, []).append(timed(pq.write_table, table, buf, **kwargs, **extra)[0])
+            walls.setdefault(label, []).append(timed(pq.write_table, table, buf, **{**kwargs, **extra})[0])
             sizes[label] = buf.tell()
     return {"file": path.parent.name + "/" + path.name, "rows": table.num_rows,
             "bytes_ratio": sizes["nodict"] / sizes["dict"],
@@ -72,7 +71,7 @@ def _frames_bytes(run_dir: Path) -> dict:
     per_layer = {}
     for f in files:
         md = pq.read_metadata(f)
-        dim = pq.read_schema(f).field("vector").type.list_size
+        dim = vectors.type_of(pq.read_schema(f).field("vector"))[0]
         size = f.stat().st_size
         chunks = 0
         for g in range(md.num_row_groups):

@@ -3,6 +3,11 @@
 Each benchmark is a function of the scratch context in its own module, named in BENCHMARKS
 (`--only NAME` runs one, `--list` names them):
 
+  extract_vs_loop  bench/loop.py: `python -m pipeline extract` against the plain loop a user writes
+                   (bench/plain_loop.py: AutoModel, one utterance at a time, float16 .npy per utterance
+                   and layer), fresh processes, alternating: default model on 0.56 h, base geometry and
+                   default model on 8.4 min
+  startup          bench/loop.py: `extract --limit 0` against `python -c "import torch, transformers"`
   extract_default  bench/extract.py: pipeline.stages.extract.extract end to end against the bare forward
                    pass (pipeline.model.extract over the same length buckets, waveforms already in
                    memory), embedded default model, every layer stored (as `make extract`)
@@ -13,10 +18,17 @@ Each benchmark is a function of the scratch context in its own module, named in 
   long_recording   bench/long_recording.py: peak RSS of `python -m pipeline extract` on one silent
                    recording of 1, 10 and 60 min: growth per minute against the decoded float32 samples
   disk_bytes       bench/disk.py: bytes of the frames files per (frame x layer) against 2 D (float16)
+  encoding         bench/encoding.py: the vector column's write and read MB/s per core, the old list<float16>
+                   + zstd against fixed-size binary (pipeline/warehouse/vectors.py); DuckDB view rows/s
+  open_warehouse   bench/open.py: `pipeline sql` on one run and layer when the rest of the warehouse holds 1x
+                   and 100x the files (a LibriSpeech-960 h-shaped run of 61,530 files among them), and a
+                   query over N files against DuckDB alone on the same file list
   kmeans           bench/kmeans.py: pipeline.algorithms.kmeans.fit_kmeans (FAISS) against scikit-learn
                    MiniBatchKMeans with fairseq's HuBERT settings, same data; assign throughput
   analyze_memory   bench/analyze_memory.py: peak RSS of `python -m pipeline analyze` on a run and on
                    one with ten times the frames, same k-means sample
+  analyze_intervals bench/analyze_intervals.py: `analyze` on the embedded run with its default intervals
+                   and CCA against --no-intervals --no-cca (CPU time, interleaved; target <= 1.5)
   reduce           bench/reduce.py: t-SNE (openTSNE) and UMAP as `reduce` runs them, against
                    scikit-learn's Barnes-Hut t-SNE
 
@@ -38,18 +50,24 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench import analyze_memory, disk, extract, kmeans, long_recording, memory, reduce
+from bench import analyze_intervals, analyze_memory, disk, encoding, extract, kmeans, long_recording, loop, memory, reduce
+from bench import open as open_bench  # the alias keeps the builtin `open`
 from bench.common import QUIET_ENV, REPO, Context, ExtractCase, Plan, cpu_pressure, machine_facts
 
 # the order of a full run and of results.json
 BENCHMARKS: dict[str, Callable[[Context], dict]] = {
+    "extract_vs_loop": loop.extract_vs_loop,
+    "startup": loop.startup,
     "extract_default": extract.extract_default,
     "extract_base": extract.extract_base,
     "memory": memory.memory,
     "long_recording": long_recording.long_recording,
     "disk_bytes": disk.disk_bytes,
+    "encoding": encoding.encoding,
+    "open_warehouse": open_bench.open_warehouse,
     "kmeans": kmeans.kmeans,
     "analyze_memory": analyze_memory.analyze_memory,
+    "analyze_intervals": analyze_intervals.analyze_intervals,
     "reduce": reduce.reduce_maps,
 }
 
@@ -62,7 +80,12 @@ PLANS = {
                  "extract_base": ExtractCase("base", 48, 12, "all")},  # ~100 s of audio, 4 shards
         memory_utterances=6, memory_shard_size=2,  # 3 shards (~12 s); x10: 30 shards (~118 s)
         kmeans_points=10_000, kmeans_dim=768, kmeans_k=100, assign_points=200_000,
-        disk_utterances=64, analyze_utterances=64, reduce_points=50_000),
+        disk_utterances=64, analyze_utterances=64, reduce_points=50_000,
+        # issue 12's corpus: the embedded 240 utterances four times over (960, 0.56 h); base geometry on
+        # 2 cores runs ~8x slower than the default model, so it gets the 8.4-minute corpus (240 utterances)
+        loop={"default_0.56h": loop.LoopCase("default", 960, 0.9, ">= 0.5 h, default model"),
+              "base_8min": loop.LoopCase("base", 240, 1.0, ">= 5 min, wav2vec2-base geometry"),
+              "default_8min": loop.LoopCase("default", 240, 1.0, ">= 5 min, never slower")}),
     "quick": Plan(
         repeats=3,
         extract={"extract_default": ExtractCase("default", 8, 4, "all"),
@@ -70,7 +93,9 @@ PLANS = {
         memory_utterances=3, memory_shard_size=1,
         kmeans_points=2_000, kmeans_dim=256, kmeans_k=100, assign_points=50_000,  # D of the default model
         disk_utterances=16, analyze_utterances=32, reduce_points=5_000,
-        long_recording_minutes=(1, 10)),  # reported, not checked: no step starts at 10 min
+        long_recording_minutes=(1, 10),  # reported, not checked: no step starts at 10 min
+        loop={"default_1min": loop.LoopCase("default", 32, 1.0, "quick: 1 min, not a target corpus"),
+              "base_20s": loop.LoopCase("base", 8, 1.0, "quick: 20 s, not a target corpus")}),
 }
 
 

@@ -280,11 +280,17 @@ def _demo_models(args) -> int:
 
 
 def _sql(args) -> int:
-    from pipeline.sql import parse_param, query
+    from pipeline.sql import load_query, parse_param, query
+    from pipeline.warehouse import Warehouse
+    from pipeline.warehouse.fs import is_remote
+    from pipeline.warehouse.scope import scope
 
     params = dict(parse_param(p) for p in args.param)
     fmt = _out_format(args.out, args.format) if args.out else args.format or "table"
-    table = query(args.warehouse, args.query, params)
+    wh = _existing_warehouse(args.warehouse) if is_remote(args.warehouse) else Warehouse(args.warehouse)
+    # views over the runs (and layers) the query provably reads, so that its cost does not grow with the rest
+    runs, layers = scope(load_query(args.query), params)
+    table = query(args.warehouse, args.query, params, con=wh.connect(runs=runs, layers=layers))
     if args.out:
         _write_out(table, args.out, fmt)
         print(f"sql: {table.num_rows} rows written to {args.out}")
@@ -297,17 +303,36 @@ def _views(args) -> int:
     from pathlib import Path
 
     from pipeline.warehouse.views import views_sql, write_atomic
-    from pipeline.warehouse import Warehouse
 
-    if not Path(args.warehouse).is_dir():
-        raise FileNotFoundError(f"no warehouse at {args.warehouse}: pass the folder given as --warehouse")
-    script = views_sql(Warehouse(args.warehouse), args.run)
+    script = views_sql(_existing_warehouse(args.warehouse), args.run)
     if args.out:
         write_atomic(Path(args.out), script)
         print(f"views: written to {args.out}; run `duckdb -init {args.out}`")
     else:
         sys.stdout.write(script)
     return 0
+
+
+def _existing_warehouse(url: str):
+    """The warehouse a reading command opens: a folder that exists, or an object store URL that answers."""
+    from pathlib import Path
+
+    from pipeline.warehouse import Warehouse
+    from pipeline.warehouse.fs import StoreError, describe_error, is_remote
+
+    if not is_remote(url):
+        if not Path(url).is_dir():
+            raise FileNotFoundError(f"no warehouse at {url}: pass the folder given as --warehouse")
+        return Warehouse(url)
+    wh = Warehouse(url)
+    try:
+        found = wh.runs() or wh.commit_runs()
+    except Exception as err:  # noqa: BLE001 - one line naming the URL and what to check
+        raise StoreError(describe_error(url, err)) from err
+    if not found and not wh.store.exists("views.sql"):
+        raise FileNotFoundError(f"no warehouse at {url}: nothing under that prefix has a run (_runs/ or _commits/); "
+                                "check the URL (bucket and prefix) given as --warehouse")
+    return wh
 
 
 OUT_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}

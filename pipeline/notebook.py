@@ -9,8 +9,8 @@ vectors as one numpy matrix beside their keys.
                       {"run": "demo"})
     # keys: pyarrow.Table (pl.from_arrow(keys) for polars); X: numpy float32 (n, D), row i beside keys row i
 
-Importing this module loads DuckDB and pyarrow, never torch; the first `vectors()` call imports
-pipeline.stages.analyze for its list-column conversion (which loads FAISS and scikit-learn).
+Importing this module loads DuckDB and pyarrow, never torch, FAISS or scikit-learn; the vectors go
+through pipeline/warehouse/vectors.py, the one conversion of a vector column to a matrix.
 """
 
 from __future__ import annotations
@@ -26,13 +26,18 @@ import pyarrow.compute as pc
 
 from pipeline.sql import bind, load_query
 from pipeline.warehouse import Warehouse
+from pipeline.warehouse import vectors as vector_encoding
 
 
 def open_warehouse(path: str | os.PathLike = "storage") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with every view of the warehouse at `path` (the same as `pipeline sql` sees)."""
-    if not Path(path).is_dir():
+    from pipeline.warehouse.fs import is_remote
+
+    if not is_remote(path) and not Path(path).is_dir():
         raise FileNotFoundError(f"no warehouse at {path}: pass the folder given as --warehouse (default storage)")
-    return Warehouse(path).connect()
+    con = Warehouse(path).connect()
+    vector_encoding.register(con)  # the views' pipeline_vector as vectorized numpy, not views.sql's pure SQL
+    return con
 
 
 def vectors(con_or_path: duckdb.DuckDBPyConnection | str | os.PathLike, sql: str, params: dict[str, Any] | None = None,
@@ -40,8 +45,6 @@ def vectors(con_or_path: duckdb.DuckDBPyConnection | str | os.PathLike, sql: str
     """Run `sql` (a query of sql/ by name, a .sql path or literal SQL with `$name` parameters) and return
     (every other column as a pyarrow.Table, the `column` of vectors as a float32 (n, D) matrix), row i of
     one beside row i of the other. The vectors are converted as one flat array, no Python per row."""
-    from pipeline.stages.analyze import vectors as to_matrix  # the one list-column → matrix conversion
-
     con = con_or_path if isinstance(con_or_path, duckdb.DuckDBPyConnection) else open_warehouse(con_or_path)
     text = load_query(sql)
     table = con.sql(text, params=bind(text, params or {})).to_arrow_table()
@@ -55,4 +58,4 @@ def vectors(con_or_path: duckdb.DuckDBPyConnection | str | os.PathLike, sql: str
     if lengths is not None and lengths["min"].as_py() != lengths["max"].as_py():
         raise ValueError(f"the {column!r} values have different lengths ({lengths['min']} to {lengths['max']}): "
                          "a matrix needs one model and layer at a time; filter on run and layer in the query")
-    return table.drop_columns([column]), to_matrix(vecs)
+    return table.drop_columns([column]), vector_encoding.decode(vecs)

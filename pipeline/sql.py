@@ -70,7 +70,11 @@ def _strip_comments(sql: str) -> str:
 def query(warehouse: str | Path, sql: str, params: dict[str, Any] | None = None, con=None) -> pa.Table:
     """Run a query (name, path or literal SQL) on the warehouse's views; returns an Arrow table."""
     text = load_query(sql)
-    con = con or Warehouse(warehouse).connect()
+    if con is None:  # open only the runs and layers the query provably reads (pipeline/warehouse/scope.py)
+        from pipeline.warehouse.scope import scope
+
+        runs, layers = scope(text, params or {})
+        con = Warehouse(warehouse).connect(runs=runs, layers=layers)
     return con.sql(text, params=bind(text, params or {})).to_arrow_table()
 
 

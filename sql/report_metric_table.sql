@@ -1,5 +1,6 @@
 -- The report's metric table: one row per run, k and layer, one column per headline metric, and
--- the layer's speaker-disjoint linear phone probe (balanced accuracy, and its chance level).
+-- the layer's speaker-disjoint linear phone probe (balanced accuracy, and its chance level). CCA
+-- measures (k = 0, not a clustering) have their own query, report_cca.
 -- params: $runs (comma-separated run names), $tier, $subset
 with wanted_runs as (
     select unnest(string_split($runs, ',')) as run, generate_subscripts(string_split($runs, ','), 1) as run_order
@@ -9,7 +10,7 @@ picked as (
     select m.*, w.run_order
     from metrics m
     join wanted_runs w using (run)
-    where m.tier = $tier and m.subset = $subset
+    where m.tier = $tier and m.subset = $subset and m.k <> 0
 ),
 
 pivoted as (

@@ -144,3 +144,36 @@ def test_probe_intervals_match_the_scores_and_resample_speakers():
     one = B.bootstrap_probe(y, pred, np.zeros(3000))
     assert one["probe_accuracy"].value == acc.value and one["probe_accuracy"].ci_low is None
     assert B.bootstrap_probe([], [], [])["probe_accuracy"].value is None
+
+
+def test_duplicated_speakers_do_not_bias_resampled_ami():
+    """Sparse tables (8 speakers, 30 labels × 40 clusters, 3,200 frames): a resample that draws a speaker
+    twice inflates MI beyond what AMI's EMI for N independent frames removes, so plain resampled AMI
+    sits above the estimate (every resample here) and the interval misses it. With EMI at the draws'
+    effective sample size the replicates centre on the estimate, spread like the jackknife says."""
+    rng = np.random.default_rng(0)
+    s, n_labels, k = 8, 30, 40
+    base = rng.dirichlet(np.full(n_labels * k, 0.3))
+    counts = np.stack([rng.multinomial(400, 0.5 * base + 0.5 * rng.dirichlet(np.full(n_labels * k, 0.3)))
+                       for _ in range(s)]).reshape(s, n_labels, k)
+    tables = B.SpeakerTables.from_dense(counts)
+    point = M.contingency_metrics(counts.sum(axis=0))
+    plain = B.contingency_replicates(tables, 1000, 0, point=point, duplication_adjusted=False)
+    assert (plain.resampled["ami"] > point["ami"]).mean() > 0.99
+    assert not plain.intervals["ami"].ci_low <= point["ami"] <= plain.intervals["ami"].ci_high
+    adjusted = B.contingency_replicates(tables, 1000, 0, point=point)
+    res, jack = adjusted.resampled["ami"], adjusted.jackknife["ami"]
+    jack_se = np.sqrt((s - 1) / s * ((jack - jack.mean()) ** 2).sum())
+    assert 0.2 < (res > point["ami"]).mean() < 0.8
+    assert 0.5 * jack_se < res.std() < 2 * jack_se
+    iv = adjusted.intervals["ami"]
+    assert iv.ci_low < point["ami"] < iv.ci_high
+    # the jackknife has no duplicates: its replicates are the same either way; so are the plug-in scores
+    assert np.array_equal(jack, plain.jackknife["ami"])
+    assert np.array_equal(adjusted.resampled["mi"], plain.resampled["mi"])
+
+
+def test_bca_with_both_levels_past_the_outermost_resample_falls_back_to_basic():
+    theta = np.r_[-0.01, np.linspace(0.5, 1.5, 999)]  # 1 of 1,000 resamples below the estimate
+    iv = B.interval(0.0, theta, jackknife=np.array([-1.0, 0.0, 1.0]))
+    assert iv.method == "basic" and iv.ci_low < iv.ci_high

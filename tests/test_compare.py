@@ -7,7 +7,6 @@ scaled vectors (CKA must not see the difference), pure noise, renamed utterances
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,17 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-from pipeline.stages.analyze import AnalyzeConfig, analyze, vectors
+from pipeline.stages.analyze import AnalyzeConfig, analyze
 from pipeline.stages.compare import CKA_SCHEMA, analysed, common_k, compare
 from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.warehouse.schemas import frames_schema
 from pipeline.sql import query, run_checks
 from pipeline.warehouse import Warehouse
+from pipeline.warehouse import vectors as vector_encoding
 from pipeline.testing import gram_cka, make_timit, tiny_config, tone, write_timit_utt
 
 PHONES = ["h#", "sh", "iy", "s", "aa", "n", "t", "h#"]
-LAYERS = [-1, 0, 1, 2]  # the tiny models: CNN (16-d), transformer input and 2 layers (32-d)
+LAYERS = [-2, -1, 0, 1, 2]  # log-mel (80-d), the tiny models: CNN (16-d), transformer input and 2 layers (32-d)
 
 
 def save_tiny_model(folder: Path, seed: int) -> Path:
@@ -70,11 +70,11 @@ def copy_run(root: Path, src: str, dst: str, transform, rename=None, facts_updat
     for path in wh.committed_files("frames", src):
         layer = int(path.split("layer=")[1].split("/")[0])
         table = pq.read_table(root / path, columns=["utterance_id", "frame", "time_s", "phone", "word", "vector"])
-        x = np.asarray(transform(vectors(table["vector"]), layer), np.float32)
+        x = np.asarray(transform(vector_encoding.matrix(table), layer), np.float32)
         ids = pa.array([rename(u) for u in table["utterance_id"].to_pylist()], pa.string())
         out = pa.table({"utterance_id": ids, "frame": table["frame"], "time_s": table["time_s"],
                         "phone": table["phone"], "word": table["word"],
-                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])},
+                        "vector": vector_encoding.encode(x, "float32")},
                        schema=frames_schema(x.shape[1], "float32"))
         shard = int(path.rsplit("part-", 1)[1].split(".")[0])
         by_shard.setdefault(shard, []).append(wh.write("frames", out, dst, shard, layer=layer))
@@ -125,7 +125,7 @@ def frames_of(root: Path, run: str, layer: int) -> dict[tuple[str, int], np.ndar
     for path in wh.committed_files("frames", run):
         if f"/layer={layer}/" in path:
             t = pq.read_table(root / path, columns=["utterance_id", "frame", "vector"])
-            for uid, frame, v in zip(t["utterance_id"].to_pylist(), t["frame"].to_pylist(), vectors(t["vector"])):
+            for uid, frame, v in zip(t["utterance_id"].to_pylist(), t["frame"].to_pylist(), vector_encoding.matrix(t)):
                 out[(uid, frame)] = v
     return out
 
@@ -188,7 +188,9 @@ def test_cka_equals_a_direct_numpy_computation_on_the_same_sample(wh):
             y = samples[("B", b)]
             assert got[(a, b)] == pytest.approx(gram_cka(x, y, debiased=False), abs=1e-6), (a, b)
             assert got_debiased[(a, b)] == pytest.approx(gram_cka(x, y, debiased=True), abs=1e-6), (a, b)
-    assert 0.0 < min(got.values()) and max(got.values()) < 0.999  # two models: related, not equal
+    models = {pair: v for pair, v in got.items() if -2 not in pair}  # the log-mel layer is the audio's, not a model's
+    assert 0.0 < min(models.values()) and max(models.values()) < 0.999  # two models: related, not equal
+    assert got[(-2, -2)] == pytest.approx(1.0)  # one corpus: the same log-mel frames in both runs
 
 
 def test_the_sample_is_seeded_and_a_smaller_n_is_a_subset(wh):
@@ -254,11 +256,13 @@ def test_tables_are_committed_replaced_on_rerun_and_pass_the_checks(wh):
     compare(("A", "B"), warehouse=str(wh), n=150, seed=2)  # replaces the first
     con = Warehouse(wh).connect()
     rows = con.sql("select layer, other_layer, n from cka where run = 'A' and other = 'B'").fetchall()
-    assert len(rows) == 16 and {r[2] for r in rows} == {150}
+    assert len(rows) == len(LAYERS) ** 2 and {r[2] for r in rows} == {150}
     agreement = con.sql("select distinct k, n from run_agreement where run = 'A' and other = 'B'").fetchall()
     assert len(agreement) == 1 and agreement[0][0] == 4
-    assert pq.read_schema(wh / "cka" / "run=A" / "other=B" / "part-00000.parquet").equals(CKA_SCHEMA)
-    record = json.loads((wh / "_commits" / "run=A" / "compare.B.rank0.jsonl").read_text().splitlines()[-1])
+    cka_files = Warehouse(wh).committed_files("cka", "A")
+    assert len([f for f in cka_files if "/other=B/" in f]) == 1
+    assert all(pq.read_schema(wh / f).equals(CKA_SCHEMA) for f in cka_files)
+    (record,) = Warehouse(wh).commit_records("A", "compare.B").values()
     assert record["params"] == {"run": "A", "other": "B", "n": 150, "seed": 2, "k": 4, "tiers": ["phone"]}
     assert all(v == 0 for v in run_checks(wh).values()), run_checks(wh)
     shown = query(wh, "compare_cka", {"run": "A", "other": "B"}).to_pylist()
@@ -292,3 +296,37 @@ def test_bad_arguments(wh):
         compare("A,B,noise", warehouse=str(wh))
     with pytest.raises(ValueError, match=r"at least 4"):
         compare("A,B", warehouse=str(wh), n=3)
+
+
+# ------------------------------------------------------------------------------------------- paired differences
+def test_paired_differences_match_each_runs_metrics_and_vanish_against_itself(wh):
+    from pipeline.algorithms.bootstrap import CONTINGENCY_SCORES
+
+    result = compare(("A", "B"), warehouse=str(wh), n=100, n_resamples=200)
+    rows = result["differences"].to_pylist()
+    assert {(r["layer"], r["metric"]) for r in rows} == {(layer, m) for layer in LAYERS for m in CONTINGENCY_SCORES}
+    con = Warehouse(wh).connect()
+    own = {(r[0], r[1], r[2]): r[3] for r in con.execute(
+        "select run, layer, metric, value from metrics where k = 4 and tier = 'phone' and subset = 'all' "
+        "and run in ('A', 'B')").fetchall()}
+    for r in rows:
+        assert (r["other_run"], r["other_layer"], r["k"], r["tier"]) == ("B", r["layer"], 4, "phone")
+        # every frame is shared: the scores are each run's own metrics
+        assert r["value"] == pytest.approx(own["A", r["layer"], r["metric"]], abs=1e-9)
+        assert r["other_value"] == pytest.approx(own["B", r["layer"], r["metric"]], abs=1e-9)
+        assert r["diff"] == pytest.approx(r["value"] - r["other_value"], abs=1e-12)
+        assert r["ci_low"] <= r["diff"] <= r["ci_high"] and r["n_resamples"] == 200  # 6 speakers
+        assert r["significant"] == (r["ci_low"] > 0 or r["ci_high"] < 0)
+    stored = con.execute("select count(*) from metric_differences where run = 'A' and other_run = 'B'").fetchall()[0][0]
+    assert stored == len(rows)
+    from pipeline.stages.compare import CompareResult
+
+    text = CompareResult(result).summary()
+    assert "A − B per layer (table metric_differences, 95 % paired bootstrap over speakers" in text
+    same = compare(("A", "A"), warehouse=str(wh), n=100, k=3, n_resamples=100)["differences"].to_pylist()
+    assert same and all(r["diff"] == 0 and r["ci_low"] == r["ci_high"] == 0 and r["significant"] is False
+                        for r in same)
+    off = compare(("A", "B"), warehouse=str(wh), n=100, intervals=False)
+    assert off["differences"] is None
+    con = Warehouse(wh).connect()
+    assert con.execute("select count(*) from metric_differences where run = 'A' and other_run = 'B'").fetchall()[0][0] == 0

@@ -175,12 +175,16 @@ def test_hf_row_with_a_null_position_is_quarantined_and_the_stream_goes_on(tmp_p
     assert "utt001" in detail and "phonetic_detail" in detail and "start[1]" in detail
 
 
-def test_an_hf_row_that_cannot_be_listed_is_its_own_error():
+def test_an_hf_row_whose_audio_cell_is_odd_is_its_own_error():
+    """The audio cell is fetched when the item is prepared (a rank reads its own rows' audio only):
+    an odd cell is that item's quarantine row, the stream goes on."""
     from pipeline.corpus.sources import _hf_item
+    from pipeline.stages.ingest import prepare_shard
 
-    item = _hf_item({"id": "u1", "audio": {"path": 5}}, 0, "train", "c", "audio", ["id"], None)
-    assert item.utterance_id == "u1" and item.error.reason == "prepare_error"
-    assert "u1" in item.error.detail and "TypeError" in item.error.detail
+    item = _hf_item({"id": "u1"}, 0, "train", "c", "audio", ["id"], None, lambda: {"path": 5})
+    assert item.utterance_id == "u1" and item.error is None
+    good, (bad,) = prepare_shard([item], "ingest")
+    assert not good and (bad.utterance_id, bad.reason) == ("u1", "prepare_error") and "TypeError" in bad.detail
 
 
 def _hf_paths(path: Path, audio_paths: list[str]) -> Path:
@@ -237,3 +241,43 @@ def test_audio_over_the_size_cap(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="PIPELINE_MAX_AUDIO_BYTES"):
         audio.read_file(tmp_path / "big.wav")
 
+
+
+def test_a_dataset_of_several_configs_takes_the_split_of_the_one_config_that_has_it(tmp_path):
+    """openslr/librispeech_asr's layout (configs all, clean, other; no default): `validation.clean` is in
+    `all` only; `clean:test` names the config; `validation` (clean and other) must be named."""
+    from pipeline.corpus.sources import parquet_files
+    from pipeline.testing.corpora import make_librispeech_hub
+
+    snapshot = str(make_librispeech_hub(tmp_path / "hf"))
+    (files,) = parquet_files(snapshot, "validation.clean").values()
+    assert [Path(f).relative_to(snapshot).as_posix() for f in files] == ["all/validation.clean/0000.parquet"]
+    assert list(parquet_files(snapshot, "clean:test")) == ["test"]
+    with pytest.raises(ValueError, match=r"configs all, clean, other: name one.*'validation' is in clean, other"):
+        parquet_files(snapshot, "validation")
+    with pytest.raises(ValueError, match="has no split 'train'"):
+        parquet_files(snapshot, "clean:train")
+    ids = [it.utterance_id for it in iter_items(SourceSpec("hf", snapshot, split="validation.clean"))]
+    assert ids == ["84-121123-0000", "84-121123-0001", "174-50561-0000"]
+
+
+def test_an_offline_hub_id_missing_from_the_cache_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not in the local Hub cache .*hf download --repo-type dataset"):
+        list(iter_items(SourceSpec("hf", "nobody-h3/no-such-dataset")))
+
+
+def test_the_audio_column_is_the_one_the_features_declare(tmp_path):
+    """An Audio feature under another name (`speech`) is found from the Parquet metadata `datasets` writes."""
+    import datasets
+
+    features = datasets.Features({"speech": datasets.Audio(sampling_rate=16000), "id": datasets.Value("string")})
+    rows = [{"speech": {"bytes": audio_bytes(tone(8000)), "path": "a.wav"}, "id": "a"}]
+    path = tmp_path / "hf" / "train.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema), path)
+    counts = ingest(SourceSpec("hf", str(path)), "r", str(tmp_path / "wh"))
+    assert (counts["utterances"], counts["quarantined"]) == (1, 0)
+    pq.write_table(pa.table({"id": ["a"], "wave": [b"x"]}), path)
+    with pytest.raises(ValueError, match=r"no Audio column among \['id', 'wave'\]"):
+        list(iter_items(SourceSpec("hf", str(path))))

@@ -122,7 +122,7 @@ def test_python_and_sql_label_frames_alike_at_every_boundary(tmp_path):
     import pyarrow as pa
 
     from pipeline.algorithms.geometry import labels_at
-    from pipeline.warehouse import Warehouse, schemas
+    from pipeline.warehouse import Warehouse, schemas, vectors as vector_encoding
 
     geo, n = W2V, 60
     wh = Warehouse(tmp_path)
@@ -138,7 +138,7 @@ def test_python_and_sql_label_frames_alike_at_every_boundary(tmp_path):
     frames = pa.Table.from_arrays(
         [pa.array(["u"] * n), pa.array(np.arange(n, dtype=np.int32)), pa.array(centres.astype(np.float32)),
          pa.array([None] * n, pa.string()), pa.array([None] * n, pa.string()),
-         pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 4)],
+         vector_encoding.encode(vectors, "float16")],
         schema=schemas.frames_schema(4, "float16"))
     segments = pa.Table.from_pylist(
         [{"utterance_id": "u", "tier": "t", "idx": i, "label": lab, "start_s": float(a), "end_s": float(b),

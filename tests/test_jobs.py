@@ -82,15 +82,18 @@ def test_writing_command_refreshes_views_and_checks(tmp_path: Path, capsys) -> N
     assert main(["ingest", "--format", "timit", "--corpus", str(make_timit(tmp_path / "timit")), "--run", "r",
                  "--warehouse", str(wh)]) == 0
     script = (wh / "views.sql").read_text()
-    assert "utterances/run=r/part-00000.parquet" in script
+    [utterances] = Warehouse(wh).committed_files("utterances", "r")
+    assert utterances.startswith("utterances/run=r/part-00000.") and utterances in script
+    assert (wh / "_manifests" / "run=r.json").exists()  # compacted at the end of the job
     assert main(["check", "--warehouse", str(wh), "--run", "r"]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and "committed_files_exist" in out
     # a deleted committed file: check fails naming the file and the run
-    (wh / "segments" / "run=r" / "part-00000.parquet").unlink()
+    [segments] = Warehouse(wh).committed_files("segments", "r")
+    (wh / segments).unlink()
     assert main(["check", "--warehouse", str(wh)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "segments/run=r/part-00000.parquet" in out
+    assert "FAIL" in out and segments in out
 
 
 def test_two_jobs_on_different_runs_do_not_block(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
@@ -110,8 +109,9 @@ def test_rerun_skips_or_replaces_and_never_duplicates(timit_run, ctc_model):
     assert n == rewritten.segments and first.shards + first.skipped_shards == 2
     assert set(run_checks(wh).values()) == {0}
     # a shard whose commit is gone is redone; nothing else is
-    log = next((wh / "_commits" / "run=r").glob("labels.ctc_greedy.rank0.jsonl"))
-    log.write_text("")
+    for obj in (wh / "_commits" / "run=r" / "labels.ctc_greedy").glob("*.json"):
+        obj.unlink()  # the commit objects, and the manifest compacted from them
+    (wh / "_manifests" / "run=r.json").unlink(missing_ok=True)
     redone = labels("r", str(ctc_model), warehouse=str(wh), source="greedy", device="cpu")
     assert (redone.shards, redone.skipped_shards) == (2, 0)
     assert segments_of(wh, "ctc_greedy") == before
@@ -132,7 +132,7 @@ def test_forced_tiers_spell_the_normalised_text(tmp_path, ctc_model):
     assert "'long': 83 target tokens need at least 91 frames" in counts.unlabelled["long"]
     assert "have 29" in counts.unlabelled["long"]
     assert counts.dropped == {",": 1, "!": 1, ".": 1}
-    commit = [json.loads(line) for line in (wh / "_commits" / "run=r" / "labels.ctc_forced.rank0.jsonl").open()]
+    commit = list(Warehouse(wh).commit_records("r", "labels.ctc_forced").values())
     assert "long" in commit[-1]["unlabelled"]
     chars, words = segments_of(wh, "ctc_char"), segments_of(wh, "ctc_word")
     assert set(chars) == set(words) == {"hello", "she"}

@@ -111,3 +111,37 @@ def test_a_file_attached_under_its_base_name_before_is_replaced_not_doubled(tmp_
     wh.commit("t", "metadata.utt2gender", 0, [record], source=str(path.resolve()))
     attach_metadata("t", [str(path)], str(timit_run))
     assert _attributes(timit_run) == [("TRAIN/DR1/MDAB0/SA1", "gender", "m")]
+
+
+def test_speaker_keyed_files_reach_every_utterance_of_the_speaker(tmp_path):
+    """A speaker → L1 table, a Kaldi spk2<key> file and VCTK's speaker-info.txt, joined through
+    utterances.speaker; speakers the run lacks are counted, not written."""
+    ingest(SourceSpec("timit", str(make_timit(tmp_path / "timit"))), "s", str(tmp_path / "wh"))
+    table = tmp_path / "speakers.csv"
+    table.write_text("speaker,l1\nFCJF0,Arabic\nMDAB0,Korean\nGHOST,Hindi\n")
+    spk2 = tmp_path / "spk2age"
+    spk2.write_text("FCJF0 30\n")
+    info = tmp_path / "speaker-info.txt"
+    info.write_text("ID  AGE  GENDER  ACCENTS  REGION\nMDAB0  23  M    English    Southern  England\n")
+    counts = attach_metadata("s", [str(table), str(spk2), str(info)], str(tmp_path / "wh"))
+    assert counts == {"rows": 4 + 2 + 2 * 4, "unknown_ids": 1, "files": 3}
+    rows = Warehouse(tmp_path / "wh").connect().execute(
+        "select utterance_id, key, value from utterance_attributes where run = 's' order by all").fetchall()
+    assert ("TRAIN/DR1/FCJF0/SA1", "l1", "Arabic") in rows and ("TRAIN/DR1/MDAB0/SX139", "l1", "Korean") in rows
+    assert ("TRAIN/DR1/FCJF0/SX139", "age", "30") in rows
+    assert ("TRAIN/DR1/MDAB0/SA1", "region", "Southern England") in rows
+    assert ("TRAIN/DR1/MDAB0/SA1", "accents", "English") in rows
+
+
+def test_vctk_bare_ids_match_p_folders():
+    from pipeline.stages.metadata import by_speaker, read_speaker_attributes
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        info = Path(folder) / "speaker-info.txt"
+        info.write_text("ID  AGE  GENDER  ACCENTS  REGION\n225  23  F    English    Southern  England\n376  22  M    Indian\n")
+        table = read_speaker_attributes(info)
+    rows, unmatched = by_speaker(table, {"p225": ["p225/p225_001", "p225/p225_002"]})
+    assert unmatched == 3 and rows.num_rows == 8  # 376's three values match no speaker
+    assert {r["value"] for r in rows.to_pylist() if r["key"] == "accents"} == {"English"}

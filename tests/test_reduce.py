@@ -16,7 +16,8 @@ from pipeline.testing import SYNTHETIC_PHONES as PHONES, make_frames_warehouse
 
 
 def read_reduction(root: Path, run: str, layer: int, method: str) -> pa.Table:
-    return pq.read_table(root / f"reductions/run={run}/layer={layer}/method={method}/part-00000.parquet")
+    (path,) = [p for p in Warehouse(root).committed_files("reductions", run) if f"/layer={layer}/method={method}/" in p]
+    return pq.read_table(root / path)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ HTML is self-contained and includes every chart, PNGs are drawn; a headless Chro
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -315,7 +316,9 @@ def test_model_against_model_section(report, warehouse):
 def test_probe_balanced_accuracy_is_drawn_with_its_chance_level(report, warehouse):
     spec = spec_of(report, "metric_curves")
     probe = spec["concat"][-1]
-    accuracy, chance = probe["layer"]
+    band, accuracy, chance = probe["layer"]
+    assert band["mark"]["type"] == "errorband" and band["encoding"]["y"]["field"] == "ci_low"
+    assert band["transform"][0]["filter"] == {"field": "metric", "equal": "probe_balanced_accuracy"}
     assert accuracy["transform"][0]["filter"] == {"field": "metric", "equal": "probe_balanced_accuracy"}
     assert chance["transform"][0]["filter"] == {"field": "metric", "equal": "probe_chance"}
     assert chance["mark"]["strokeDash"] == [4, 3]
@@ -331,6 +334,23 @@ def test_probe_balanced_accuracy_is_drawn_with_its_chance_level(report, warehous
             assert value == round(1 / 7, 4) or value == round(1 / 8, 4), (run, layer, value)
     # the synthetic phones sharpen with depth: the last layer reads them far above chance
     assert drawn[("pre", 2, "probe_balanced_accuracy")] > 3 * drawn[("pre", 2, "probe_chance")]
+
+
+def test_intervals_analyze_wrote_are_drawn(report):
+    """Issue 14 end to end: the intervals, CCA rows and paired differences `analyze` wrote reach the page
+    (tests/test_report_intervals.py checks the drawing against hand-made rows, and old warehouses)."""
+    rows = charts.data_rows(spec_of(report, "metric_curves"))
+    ami = [r for r in rows if r["metric"] == "ami"]
+    assert len(ami) == 2 * 4
+    page = report[0].read_text()
+    for r in ami:  # an interval, or none with its reason (the synthetic corpus has 3 speakers) named on the page
+        assert (r["ci_low"] is not None and r["ci_low"] <= r["ci_high"]) or (
+            r["null_reason"] and html.escape(r["null_reason"]) in page), r
+    names = [f["name"] for f in report[1]["figures"]]
+    assert names[1] == "cca_curves"
+    table = report[1]["tables"][0]
+    assert table["query"] == "report_metric_differences" and table["rows"] > 0
+    assert "pre: adjacent layers" in page and "ft: adjacent layers" in page
 
 
 def test_variants_and_groups_figure(report, warehouse):
@@ -397,7 +417,7 @@ def test_sections_of_later_stages_are_absent_without_their_tables(report, wareho
                         methods=("pca",), png=False)
     info = json.loads((path.parent / "report.json").read_text())
     assert [f["name"] for f in info["figures"]] == [
-        "metric_curves", "map_pca_ft_-1_ft_1_ft_2", "map_pca_all_layers_ft", f"contingency_ft_k{K}"]
+        "metric_curves", "cca_curves", "map_pca_ft_-1_ft_1_ft_2", "map_pca_all_layers_ft", f"contingency_ft_k{K}"]
     assert all("disagreement" not in f.get("colourings", []) for f in info["figures"])
     page = path.read_text()
     assert "Variants and groups" not in page and "Transcripts and transcriber disagreement" not in page
@@ -570,6 +590,8 @@ def test_key_layers():
     assert key_layers([-1, 0, 1, 2]) == [-1, 1, 2]
     assert key_layers([3]) == [3]
     assert key_layers([0, 12]) == [0, 12]
+    assert key_layers([-2, -1, 0, 1, 2]) == [-1, 1, 2]  # the log-mel layer is not the "CNN" map
+    assert key_layers([-2]) == [-2]
 
 
 # ------------------------------------------------------------------------------------------- phone classes

@@ -24,6 +24,7 @@ from pipeline.notebook import open_warehouse, vectors
 from pipeline.warehouse import views
 from pipeline.warehouse.views import refresh, views_sql
 from pipeline.warehouse import Warehouse
+from pipeline.warehouse import vectors as vector_encoding
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +152,8 @@ def test_concurrent_refreshes_keep_every_commit(copy, monkeypatch):
         refresh(wh)
         b_done.set()
 
-    def slow_build(wh_, run=None):
-        script = build(wh_, run)
+    def slow_build(wh_, run=None, **scope):
+        script = build(wh_, run, **scope)
         if threading.current_thread() is threading.main_thread():
             b.start()
             b_done.wait(1.0)  # without the mutex, B writes its file now and A overwrites it below
@@ -162,7 +163,8 @@ def test_concurrent_refreshes_keep_every_commit(copy, monkeypatch):
     monkeypatch.setattr(views, "views_sql", slow_build)
     refresh(wh)
     b.join(30)
-    assert "run=late/part-00000.parquet" in (copy / "views.sql").read_text()
+    [late] = wh.committed_files("utterances", "late")
+    assert late.startswith("utterances/run=late/part-00000.") and late in (copy / "views.sql").read_text()
 
 
 def _duckdb_cli() -> str | None:
@@ -285,7 +287,7 @@ def test_vectors_are_the_stored_vectors_beside_their_keys(embedded):
     assert keys.column_names == ["utterance_id", "frame", "phone"]
     assert keys["utterance_id"].to_pylist() == stored["utterance_id"].to_pylist()
     assert keys["frame"].to_pylist() == stored["frame"].to_pylist()
-    expected = np.stack([np.asarray(v, np.float32) for v in stored["vector"].to_pylist()])
+    expected = vector_encoding.matrix(stored)
     assert X.dtype == np.float32 and X.shape == expected.shape and X.shape[1] > 1
     np.testing.assert_array_equal(X, expected)
     keys2, X2 = vectors(embedded, "select utterance_id, vector from frames where layer = 2 and false")

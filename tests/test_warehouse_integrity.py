@@ -72,7 +72,7 @@ def test_streaming_writer_aborts_on_error(tmp_path):
     with pytest.raises(ValueError, match="schema"), wh.open_writer("toy", "a", 0, TOY) as writer:
         writer.write(toy(10).drop_columns(["frame"]))
     assert not list((tmp_path / "_tmp").iterdir())
-    assert not wh.table_path("toy", "a", 0).exists()
+    assert not (tmp_path / "toy").exists() or not list((tmp_path / "toy").rglob("*.parquet"))
 
 
 # ---------------------------------------------------------------- commit durability
@@ -80,18 +80,22 @@ FSIZE_SCRIPT = r"""
 import resource, signal, sys
 from pipeline.warehouse import Warehouse
 wh = Warehouse(sys.argv[1])
-log = wh.root / "_commits" / "run=a" / "toy.rank0.jsonl"
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (log.stat().st_size + 40, resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
 wh.commit("a", "toy", 1, [], padding="x" * 200)
 """
+
+
+def commit_objects(root: Path, run: str = "a") -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in (root / "_commits" / f"run={run}").rglob("*")
+                  if p.is_file())
 
 
 def test_commit_under_a_file_size_limit_fails_and_leaves_no_torn_record(tmp_path):
     wh = Warehouse(tmp_path)
     commit_toy(wh, "a", 0, 10)
-    log = tmp_path / "_commits" / "run=a" / "toy.rank0.jsonl"
-    before = log.read_bytes()
+    before = commit_objects(tmp_path)
+    assert before == ["_commits/run=a/toy/00000.000001.json"]
     script = tmp_path / "fsize.py"
     script.write_text(FSIZE_SCRIPT)
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
@@ -99,7 +103,7 @@ def test_commit_under_a_file_size_limit_fails_and_leaves_no_torn_record(tmp_path
     assert done.returncode != 0
     assert "could not write the commit record of shard 1 of toy (run 'a')" in done.stderr
     assert "nothing was committed" in done.stderr and "File too large" in done.stderr
-    assert log.read_bytes() == before  # truncated back: no torn line
+    assert commit_objects(tmp_path) == before  # no torn commit object, no temp file left
     commit_toy(wh, "a", 1, 10)  # a later commit is read
     assert sorted(s for (_, _, s) in wh.commits("a")) == [0, 1]
 
@@ -152,24 +156,33 @@ def test_damaged_facts_leave_other_runs_queryable(tmp_path, caplog, content):
 
 
 # ---------------------------------------------------------------- damaged committed files
-def test_damaged_files_are_left_out_loudly_per_run(tmp_path, caplog):
+def committed_path(wh: Warehouse, run: str, shard: int) -> Path:
+    [rec] = [r for (r_, _, s), r in wh.commit_records(run).items() if s == shard]
+    return wh.root / rec["files"][0]["path"]
+
+
+def test_damaged_files_are_found_by_resume_and_named_by_readers(tmp_path, caplog):
     wh = Warehouse(tmp_path)
     for shard in range(3):
         commit_toy(wh, "a", shard, 10)
     commit_toy(wh, "b", 0, 10)
-    deleted = wh.table_path("toy", "a", 0)
+    deleted = committed_path(wh, "a", 0)
     deleted.unlink()
-    replaced = wh.table_path("toy", "a", 1)
+    replaced = committed_path(wh, "a", 1)
     pq.write_table(toy(4), replaced)
     assert [(d.run, d.stage, d.shard, d.rows_expected, d.rows_found, d.problem) for d in wh.damaged()] == [
         ("a", "toy", 0, 10, None, "missing"), ("a", "toy", 1, 10, 4, "4 rows, 10 committed")]
     assert sorted(wh.commit_records()) == [("a", "toy", 0), ("a", "toy", 1), ("a", "toy", 2), ("b", "toy", 0)]
-    assert count(wh, "a") == 10 and count(wh, "b") == 10
+    assert sorted(wh.commits()) == [("a", "toy", 2), ("b", "toy", 0)]  # resume redoes shards 0 and 1
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1, warnings
-    for part in ["run 'a'", "2 committed file(s) damaged", "toy/run=a/part-00000.parquet",
+    for part in ["run 'a'", "2 committed file(s) damaged", deleted.relative_to(tmp_path).as_posix(),
                  "python -m pipeline check --run a", "rerun the stage to redo the shard"]:
         assert part in warnings[0], (part, warnings[0])
+    # readers open no file to validate it: another run stays queryable, the damaged run's error names the file
+    assert wh.connect(runs=["b"]).execute("select count(*) from toy").fetchone()[0] == 10
+    with pytest.raises(Exception, match=deleted.name):
+        count(wh, "a")
     commit_toy(wh, "a", 0, 10)
     commit_toy(wh, "a", 1, 10)
     assert wh.damaged() == [] and count(wh, "a") == 30
@@ -178,7 +191,7 @@ def test_damaged_files_are_left_out_loudly_per_run(tmp_path, caplog):
 def test_unreadable_file_is_damaged(tmp_path):
     wh = Warehouse(tmp_path)
     commit_toy(wh, "a", 0, 10)
-    wh.table_path("toy", "a", 0).write_bytes(b"")
+    committed_path(wh, "a", 0).write_bytes(b"")
     [d] = wh.damaged("a")
     assert d.rows_found is None and d.problem.startswith("unreadable")
     assert wh.commits("a") == {}
@@ -205,7 +218,7 @@ def test_warehouse_path_with_a_quote(tmp_path):
     wh = Warehouse(root)
     commit_toy(wh, "a", 0, 10)
     assert query(root, "select count(*) as n from toy").column("n").to_pylist() == [10]
-    relative = "select count(*) as n from read_parquet('toy/run=a/part-00000.parquet')"  # file_search_path
+    relative = "select count(*) as n from read_parquet('toy/run=a/part-00000.*.parquet')"  # file_search_path
     assert query(root, relative).column("n").to_pylist() == [10]
 
 

@@ -197,8 +197,9 @@ def _one_hot(labels: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
 def _split(speakers, seed: int) -> np.ndarray | str:
     try:
         return split_speakers(speakers, seed)
-    except ValueError as err:
-        return str(err)
+    except ValueError:
+        names = sorted({str(s) for s in speakers})
+        return f"{len(names)} speaker(s) {names[:3]}: a speaker-disjoint train/test split needs at least two speakers"
 
 
 def _labelled_pwcca(x: np.ndarray, labels: np.ndarray, speakers: np.ndarray, seed: int, what: str,

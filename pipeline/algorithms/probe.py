@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class ProbeScore:
     n_test: int
     n_labels: int
     chance: float  # balanced accuracy of always answering one label: 1 / labels in the test set
+    # the test rows' labels and predictions, in test-row order (for bootstrap.bootstrap_probe's interval)
+    y_test: np.ndarray | None = field(default=None, compare=False, repr=False)
+    predicted: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def split_speakers(speakers, seed: int = 0, test_share: float = TEST_SHARE) -> np.ndarray:
@@ -70,7 +73,7 @@ def fit_score(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test, seed: in
         balanced = balanced_accuracy_score(y_test, predicted)
     return ProbeScore(accuracy=float(np.mean(predicted == y_test)), balanced_accuracy=float(balanced),
                       n_train=len(y_train), n_test=len(y_test), n_labels=len(set(y_train) | set(y_test)),
-                      chance=1.0 / len(set(y_test)))
+                      chance=1.0 / len(set(y_test)), y_test=y_test, predicted=np.asarray(predicted, dtype=object))
 
 
 def speaker_disjoint_probe(x: np.ndarray, labels, speakers, seed: int = 0) -> ProbeScore:

@@ -52,10 +52,23 @@ def read_timit_intervals(path: Path, sample_rate_hz: int) -> list[Interval]:
     return out
 
 
-def read_textgrid(path: Path) -> dict[str, list[Interval]]:
-    """A Praat TextGrid (long or short format; MFA output). Empty labels become `sil`.
+# tier names of MFA (`phones`, `words`; with several speakers `<speaker> - phones`) and of other
+# aligners' singular forms → the project's tiers
+TIER_NAMES = {"phones": "phone", "phone": "phone", "words": "word", "word": "word"}
 
-    Tier names `phones`/`words` (MFA) become `phone`/`word`; other tiers keep their name."""
+
+def tier_name(name: str) -> str:
+    """`phones` / `words` (any case, with or without MFA's `<speaker> - ` prefix) → `phone` / `word`;
+    any other tier keeps its name."""
+    return TIER_NAMES.get(name.rpartition(" - ")[2].strip().lower(), name)
+
+
+def read_textgrid(path: Path) -> dict[str, list[Interval]]:
+    """A Praat TextGrid (long or short format; MFA output). Empty labels (MFA's silence between
+    words) become `sil`; MFA's `sil`, `sp` (short pause) and `spn` (spoken noise, the phone of an
+    out-of-vocabulary `<unk>` word) and ARPAbet stress digits (`AH0`) are kept as written.
+
+    Tier names `phones`/`words` (MFA) become `phone`/`word` (`tier_name`); other tiers keep their name."""
     from praatio import textgrid  # praatio: the reader MFA itself uses
 
     regular_file(path)
@@ -68,8 +81,7 @@ def read_textgrid(path: Path) -> dict[str, list[Interval]]:
         tier = grid.getTier(name)
         if tier.tierType != textgrid.INTERVAL_TIER:
             continue
-        key = {"phones": "phone", "words": "word"}.get(name.lower(), name)
-        tiers[key] = [(float(s), float(e), (lab.strip() or SILENCE)) for s, e, lab in tier.entries]
+        tiers[tier_name(name)] = [(float(s), float(e), (lab.strip() or SILENCE)) for s, e, lab in tier.entries]
     return tiers
 
 

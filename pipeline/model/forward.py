@@ -174,7 +174,8 @@ def _conv_features(loaded: LoadedModel, waves: list[np.ndarray],
         padded[b, :len(w)] = w
     x = _to_device(padded, dev)[:, None]
     first = loaded.first_group_norm()
-    if first is None:
+    alone = len(waves) == 1 and stats[0] is None  # the model's own conv stack is already exact for it
+    if first is None or alone:
         h = encoder(x[:, 0])
     else:
         h = first.conv(x).float()  # (B, C, L0); statistics in float32 even under autocast
@@ -191,6 +192,8 @@ def _conv_features(loaded: LoadedModel, waves: list[np.ndarray],
         for layer in encoder.conv_layers[1:]:
             h = layer(h)
     feats = h.transpose(1, 2)
+    if len(waves) == 1:  # no padding: every frame is valid
+        return feats
     valid = torch.arange(feats.shape[1], device=dev)[None, :] < torch.tensor(n_frames, device=dev)[:, None]
     return feats * valid[:, :, None].to(feats.dtype)
 

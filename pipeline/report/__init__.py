@@ -20,6 +20,14 @@ transcriber disagreement" (`decoded`, `frame_disagreement`, from `transcripts`; 
 row coloured by the number of disagreeing references). Labels are those of `tier`: `phone` or
 `word` (columns of `frames`) or any `segments` tier of every run (e.g. ctc_greedy); the clusterings
 shown (maps, contingency, agreement, decoding) are the k-means `analyze` trained for that tier.
+
+Uncertainty (issue 14): the per-layer metric and CCA curves (`cca_phone`, `cca_word`, `cca_mel`: the
+`metrics` rows with k = 0) are drawn over the band of their 95 % interval (`ci_low`..`ci_high`), with
+one sentence under each chart on how to read it and a list of what has no interval or value and why
+(`null_reason`); the metric table prints each interval under its value; "Paired differences" shows
+`metric_differences` (adjacent layers, and one layer of two runs) as "layer 4 > layer 3: yes / no at
+95 %" with the difference and its interval. Warehouses written before these columns and that table
+existed still give the whole report, without bands or table (the queries read missing columns as null).
 """
 
 from __future__ import annotations
@@ -54,13 +62,17 @@ class Section:
     title: str
     figures: list[charts.Figure]
     intro: str = ""
+    html: str = ""  # drawn after the figures (a table)
+    tables: list[dict] = field(default_factory=list)  # what `html` shows: {name, query, params, rows}
 
 
 def key_layers(layers: Sequence[int]) -> list[int]:
-    """The CNN output (or first layer), the middle transformer layer and the last layer."""
+    """The CNN output (or first layer, the log-mel layer -2 only if alone), the middle transformer layer and
+    the last layer."""
     layers = sorted(layers)
     transformer = [l for l in layers if l >= 1] or layers
-    picks = [layers[0], transformer[(len(transformer) - 1) // 2], layers[-1]]
+    first = [l for l in layers if l >= -1] or layers
+    picks = [first[0], transformer[(len(transformer) - 1) // 2], layers[-1]]
     return sorted(set(picks), key=picks.index)
 
 
@@ -218,10 +230,18 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
     if k is None:
         k = max(common) if common else max(set().union(*ks_by_run.values()), default=None)
     sections = []
-    if table.num_rows:
-        sections.append(Section("Clustering metrics by layer", [charts.metric_curves(con, runs, tier=tier)],
-                                intro=f"How well k-means clusters of each layer agree with the {tier} labels, and how "
-                                      f"well a linear probe reads the {tier} off the layer."))
+    cca = charts.cca_curves(con, runs, tier=tier)
+    if table.num_rows or cca.data.num_rows:
+        figs = [charts.metric_curves(con, runs, tier=tier)] if table.num_rows else []
+        sections.append(Section("Clustering metrics by layer", figs + ([cca] if cca.data.num_rows else []),
+                                intro=f"How well k-means clusters of each layer agree with the {tier} labels, how "
+                                      f"well a linear probe reads the {tier} off the layer, and (CCA) how much of "
+                                      "the layer is linearly shared with phone, word and log-mel targets."
+                                      + ("" if cca.data.num_rows else " No CCA measures in the warehouse yet: "
+                                         "`python -m pipeline analyze` of this version writes them.")))
+    differences = differences_section(con, runs, tier)
+    if differences is not None:
+        sections.append(differences)
     disagreement = charts.disagreement_bars(con, runs)
     rules = disagreement_rules(disagreement.data)
     colourings = ("phone_class", "label", "speaker") + (("cluster",) if k is not None else ()) + (
@@ -241,7 +261,7 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
         sections.append(Section(f"Maps of {run}: {' | '.join(charts.layer_name(l) for l in keys[run])}", figs,
                                 intro=_reduction_notes([m for m in lacking if m["run"] == run])))
     if len(runs) > 1:
-        panels = [(runs[0], layers[runs[0]][0])] + [(r, layers[r][-1]) for r in runs]
+        panels = [(runs[0], keys[runs[0]][0])] + [(r, layers[r][-1]) for r in runs]
         figs = [charts.map_grid(con, panels, m, k_arg, n_points=map_points, top_n=top_n, seed=seed,
                                 colourings=colourings, name=f"map_{m}_runs", tier=tier, rule=rules.get(runs[0], ""))
                 for m in methods if drawable(panels, m)]
@@ -280,7 +300,9 @@ def build_report(runs: Sequence[str] | str, warehouse: str = "storage", out: str
         log.warning("report for %s: %d command(s) would complete it: %s", ",".join(runs), len(commands),
                     "; ".join(commands))
     overview = query(None, "run_overview", {}, con=con)
-    path = write_report(Path(out), runs, sections, table, overview, png=png, todo=commands,
+    intervals = charts.metric_intervals(con, runs, [c for c in table.column_names if c not in
+                                                    ("run", "k", "layer", "n_frames")], tier=tier)
+    path = write_report(Path(out), runs, sections, table, overview, png=png, todo=commands, intervals=intervals,
                         facts={"k": k, "tier": tier, "map_points": map_points, "seed": seed, "top_n": top_n,
                                "warehouse": str(wh.root), "reductions_computed": reduced,
                                "reduce_s": round(t_reduce, 1), "comparisons_computed": compared,
@@ -300,6 +322,62 @@ def _reduction_notes(lacking: list[dict]) -> str:
         f"Not reduced yet ({', '.join(charts.METHOD_NAMES[m['method']] for m in group)} of "
         f"{', '.join(charts.layer_name(l) for l in group[0]['layers'])}): run `{command}`."
         for command, group in by_command.items())
+
+
+def differences_section(con, runs: Sequence[str], tier: str = "phone") -> Section | None:
+    """"Paired differences": per run, adjacent layers (from `analyze`), and per pair of runs, the same layer
+    (from `compare`), one table each: the claim in the direction of the difference ('layer 4 > layer 3'),
+    whether it holds at 95 %, the difference and its paired-bootstrap interval. None when the warehouse has
+    no `metric_differences` table or no row of these runs."""
+    found = charts.metric_differences(con, runs, tier)
+    if found is None or not found[0].num_rows:
+        return None
+    table, params = found
+    rows = table.to_pylist()
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["run"], r["other_run"]), []).append(r)
+    parts = [_differences_html(run, other, group) for (run, other), group in groups.items()]
+    intro = ("Is one layer (or run) really above the other? For each metric, the difference of the two values on "
+             "the same frames with its 95 % interval from a paired bootstrap (the same resampled speakers for "
+             "both): 'yes' when the interval excludes 0, so the difference is larger than resampling noise; 'no' "
+             "when the interval includes 0 (no claim either way). Adjacent layers come from `analyze`, the same "
+             "layer of two runs from `compare`.")
+    parts.append(f"<p class='caption'>Data: <code>sql/report_metric_differences.sql</code> with "
+                 f"{html.escape(json.dumps(params))}; every metric is in the table "
+                 "<code>metric_differences</code>.</p>")
+    return Section("Paired differences", [], intro=intro, html="\n".join(parts), tables=[{
+        "name": "metric_differences", "query": "report_metric_differences", "params": params,
+        "rows": table.num_rows, "significant": sum(r["at_95"] == "yes" for r in rows),
+        "without_interval": sum(r["at_95"] is None for r in rows)}])
+
+
+def _number(v, signed: bool = False) -> str:
+    return "" if v is None else f"{v:+.4f}" if signed else f"{v:.4f}"
+
+
+def _differences_html(run: str, other: str, rows: list[dict]) -> str:
+    """One collapsible table of paired differences (`report_metric_differences` rows of one run pair)."""
+    title = f"{run}: adjacent layers" if run == other else f"{run} against {other}: the same layer"
+    held = sum(r["at_95"] == "yes" for r in rows)
+    head = ["metric", "k", "claim", "at 95 %", "difference (left − right)", "95 % interval", "values (left, right)",
+            "interval method", "note"]
+    body = []
+    for r in rows:
+        verdict = r["at_95"] or "—"
+        interval = ("" if r["claim_ci_low"] is None or r["claim_ci_high"] is None
+                    else f"[{_number(r['claim_ci_low'], True)}, {_number(r['claim_ci_high'], True)}]")
+        left, right = (r["other_value"], r["value"]) if (r["diff"] or 0) < 0 else (r["value"], r["other_value"])
+        values = "" if left is None or right is None else f"{_number(left)}, {_number(right)}"
+        method = " ".join(str(x) for x in (r["ci_method"], r["n_resamples"] and f"({r['n_resamples']} resamples)")
+                          if x)
+        cells = [r["metric"], "" if not r["k"] else str(r["k"]), r["claim"] or "", verdict,
+                 _number(r["claim_diff"], True), interval, values, method, r["null_reason"] or ""]
+        cls = {"yes": " class='yes'", "no": " class='no'"}.get(r["at_95"], " class='none'")
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (f"<details class='differences' open><summary>{html.escape(title)}: {held} of {len(rows)} differences "
+            "hold at 95 %</summary><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join(body) + "</table></details>")
 
 
 def comparison_section(con, run: str, pairs: dict[str, dict], tier: str = "phone") -> Section:
@@ -353,6 +431,8 @@ table {{ border-collapse: collapse; font-size: 12px; margin: .5em 0; }}
 td, th {{ padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }}
 th {{ background: #f6f6f6; }} td.best {{ font-weight: bold; background: #eef5ff; }}
 .figure {{ margin: 1em 0 2em; }} .caption {{ color: #555; font-size: 12px; max-width: 900px; }}
+small.ci {{ color: #777; font-size: 10px; }} details.differences {{ margin: .6em 0; }}
+tr.yes td {{ background: #eaf6ea; }} tr.none td {{ color: #888; }}
 .chart {{ overflow-x: auto; }} .err {{ color: #b00; }} .todo {{ color: #8a5a00; }} nav a {{ margin-right: 1em; }}
 </style></head>
 <body>
@@ -383,7 +463,7 @@ def _script_json(obj) -> str:
     return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def _table_html(table, caption: str) -> str:
+def _table_html(table, caption: str, intervals: dict | None = None) -> str:
     rows = table.to_pylist()
     if not rows:
         return "<p>No metrics yet: run <code>python -m pipeline analyze</code>.</p>"
@@ -402,6 +482,9 @@ def _table_html(table, caption: str) -> str:
         for c in cols:
             v = r[c]
             text = "" if v is None else f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+            ci = (intervals or {}).get((r["run"], r["k"], r["layer"], c))
+            if ci is not None and v is not None:  # the 95 % interval under the value
+                text += f"<br><small class='ci'>{ci[0]:.4f}–{ci[1]:.4f}</small>"
             cls = " class='best'" if c in numeric and v is not None and best.get(((r["run"], r["k"]), c)) == v else ""
             cells.append(f"<td{cls}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -419,21 +502,24 @@ def _overview_html(overview, runs) -> str:
 
 
 def write_report(out: Path, runs: Sequence[str], sections: list[Section], table, overview, png: bool = True,
-                 facts: dict | None = None, todo: Sequence[str] = ()) -> Path:
-    """Write the page, its specs and PNGs, and report.json; `todo`: the commands that would complete it."""
+                 facts: dict | None = None, todo: Sequence[str] = (), intervals: dict | None = None) -> Path:
+    """Write the page, its specs and PNGs, and report.json; `todo`: the commands that would complete it;
+    `intervals`: (run, k, layer, metric) -> 95 % interval, printed under the metric table's values."""
     import vl_convert as vlc
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "png").mkdir(exist_ok=True)
     (out / "specs").mkdir(exist_ok=True)
     vl_version = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
-    specs, body, nav, figures = {}, [], [], []
+    specs, body, nav, figures, tables = {}, [], [], [], []
     if todo:
         body.append("<p class='todo'>Not in the warehouse yet, so not drawn; these commands make it:</p><pre>"
                     + "\n".join(html.escape(c) for c in todo) + "</pre>")
     body.append("<h2 id='runs'>Runs</h2>" + _overview_html(overview, runs))
     body.append("<h2 id='metrics'>Metric table</h2>" + _table_html(
-        table, "Bold: the best layer of each run and k for that metric (every frame scored; silhouette on a sample)."))
+        table, "Bold: the best layer of each run and k for that metric (every frame scored; silhouette on a sample). "
+        "Under a value, in small print: its 95 % interval (bootstrap over speakers), where the warehouse has one; "
+        "bold marks the largest value, not a significant lead (the paired differences test that).", intervals))
     nav += ["<a href='#runs'>runs</a>", "<a href='#metrics'>metric table</a>"]
     for s_i, section in enumerate(sections):
         anchor = f"section-{s_i}"
@@ -455,6 +541,9 @@ def write_report(out: Path, runs: Sequence[str], sections: list[Section], table,
             figures.append({"name": fig.name, "title": fig.title, "query": fig.query, "params": fig.params,
                             "rows": fig.data.num_rows, "div": div, "render_s": round(time.perf_counter() - t, 2),
                             **fig.extra})
+        if section.html:
+            body.append(section.html)
+        tables += section.tables
     title = "wav2vec2 layers: " + ", ".join(runs)
     subtitle = (f"Built {time.strftime('%Y-%m-%d %H:%M')} from warehouse {html.escape(str((facts or {}).get('warehouse', '')))}; "
                 "works offline (Vega, Vega-Lite and Vega-Embed are inlined).")
@@ -464,6 +553,7 @@ def write_report(out: Path, runs: Sequence[str], sections: list[Section], table,
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out / "index.html")
     (out / "report.json").write_text(json.dumps({"runs": list(runs), **(facts or {}), "figures": figures,
+                                                 "tables": tables,
                                                  "html_bytes": len(page.encode())}, indent=1, default=str))
     return out / "index.html"
 

@@ -25,6 +25,10 @@ from pipeline.warehouse import Warehouse
 
 HEADLINE_METRICS = ("ami", "nmi", "homogeneity", "completeness", "cluster_purity", "pnmi", "silhouette")
 PROBE_METRIC, PROBE_CHANCE = "probe_balanced_accuracy", "probe_chance"  # pipeline/algorithms/probe.py, per layer
+CCA_METRICS = ("cca_phone", "cca_word", "cca_mel")  # metrics rows with k = 0 (not a clustering measure)
+CCA_TARGETS = {"cca_phone": "frame vs one-hot phone", "cca_word": "mean-pooled word segment vs one-hot word",
+               "cca_mel": "frame vs the same frame's log-mel filterbank"}
+NO_REASON = "not stored (metrics written before intervals existed: rerun `python -m pipeline analyze`)"
 CLASS_COLOURS = {
     "vowel": "#e15759", "diphthong": "#ff9da7", "approximant": "#f28e2b", "nasal": "#edc948",
     "fricative": "#59a14f", "affricate": "#76b7b2", "stop": "#4e79a7", "closure": "#9ecae9",
@@ -82,15 +86,101 @@ def records(table: pa.Table, digits: int = 4) -> list[dict]:
 
 
 def layer_name(layer: int) -> str:
-    return "CNN" if layer == -1 else f"layer {layer}"
+    return {-1: "CNN", -2: "mel"}.get(layer, f"layer {layer}")
+
+
+def view_columns(con, view: str) -> list[str]:
+    """The columns of one of the connection's views; [] when there is no such view (an older warehouse)."""
+    return query(None, "report_view_columns", {"view": view}, con=con)["column_name"].to_pylist()
+
+
+# ------------------------------------------------------------------------------------------- intervals
+INTERVAL_TOOLTIP = [alt.Tooltip("ci_low:Q", title="95 % interval: low", format=".4f"),
+                    alt.Tooltip("ci_high:Q", title="95 % interval: high", format=".4f"),
+                    alt.Tooltip("ci_method:N", title="interval method"),
+                    alt.Tooltip("n_resamples:Q", title="bootstrap resamples"),
+                    alt.Tooltip("null_reason:N", title="why null")]
+
+
+def _band(x, colour, metric: str, opacity=alt.value(0.2), detail: str = "k:N", zero: bool = False):
+    """The 95 % interval (ci_low..ci_high) of `metric` as a shaded band under its line (`colour`'s legend
+    needs symbolOpacity=1, or the band's opacity greys its symbols)."""
+    return alt.Chart().mark_errorband(interpolate="linear").encode(
+        x=x, y=alt.Y("ci_low:Q", title=None, scale=alt.Scale(zero=zero)), y2="ci_high:Q",
+        color=colour, detail=detail, opacity=opacity,
+    ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=metric))
+
+
+def _panel(layers: list, metric: str, rows: list[dict]) -> alt.LayerChart:
+    """The layers of one metric's panel, plus the reason written across it when no value of it is there."""
+    mine = [r for r in rows if r["metric"] == metric]
+    if mine and all(r["value"] is None for r in mine):
+        layers = layers + [alt.Chart().mark_text(color="#888888", fontSize=11, lineBreak="; ").encode(
+            x=alt.value(85), y=alt.value(65), text="why:N",
+        ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=metric)).transform_aggregate(
+            why="min(null_reason)")]
+    return alt.layer(*layers)
+
+
+def interval_sentence(rows: list[dict], what: str = "value") -> str:
+    """How to read the bands of a chart drawn from `rows`: the interval, its method and resamples."""
+    with_ci = [r for r in rows if r.get("ci_low") is not None and r.get("ci_high") is not None]
+    if not with_ci:
+        return (f"No {what} here has an interval yet, so no band is drawn (metrics written before intervals "
+                "existed: rerun `python -m pipeline analyze`).")
+    methods = sorted({str(r.get("ci_method") or "bootstrap") for r in with_ci})
+    resamples = sorted({int(r["n_resamples"]) for r in with_ci if r.get("n_resamples") is not None})
+    how = f"{' / '.join(methods)} bootstrap" if not any("bootstrap" in m for m in methods) else " / ".join(methods)
+    how += f", {' / '.join(map(str, resamples))} resamples" if resamples else ""
+    return (f"Shaded band: the 95 % interval of each {what} ({how}, resampling speakers): where another draw of "
+            "speakers would put it; bands of two layers that overlap do not prove the layers equal, the paired "
+            "differences table tests that.")
+
+
+def null_note(rows: list[dict]) -> str:
+    """One sentence listing what is drawn without an interval (or without a value), with the reason: the
+    metrics sharing a run, reason and layers named together."""
+    by_metric: dict[tuple, list[int]] = {}
+    for r in rows:
+        if r["metric"] == PROBE_CHANCE:
+            continue
+        if r.get("value") is None:
+            kind = "no value"
+        elif r.get("ci_low") is None or r.get("ci_high") is None:
+            kind = "no interval"
+        else:
+            continue
+        reason = r.get("null_reason") or (NO_REASON if kind == "no interval" else "not given")
+        by_metric.setdefault((r["run"], kind, reason, r["metric"]), []).append(r["layer"])
+    if not by_metric:
+        return ""
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    all_layers = sorted({r["layer"] for r in rows})
+    groups: dict[tuple, list[str]] = {}
+    for (run, kind, reason, metric), layers in by_metric.items():
+        groups.setdefault((run, kind, reason, tuple(sorted(set(layers)))), []).append(metric)
+    parts = []
+    for (run, kind, reason, layers), metrics in groups.items():
+        where = "every layer" if list(layers) == all_layers else ", ".join(layer_name(l) for l in layers)
+        parts.append(f"{run + ': ' if len(runs) > 1 else ''}{', '.join(metrics)} ({kind}, {where}): {reason}")
+    return "Without interval or value: " + "; ".join(parts) + "."
+
+
+def seed_sentence(rows: list[dict]) -> str:
+    """The k-means seed spread, when `analyze --seeds N` restarted the clustering (N > 1)."""
+    seeds = sorted({int(r["n_seeds"]) for r in rows if (r.get("n_seeds") or 1) > 1})
+    if not seeds:
+        return ""
+    return (f" Values are means over {' / '.join(map(str, seeds))} k-means seeds; the tooltip gives their standard "
+            "deviation (seed sd), the spread from the clustering's restarts alone.")
 
 
 # ------------------------------------------------------------------------------------------- metrics
 def metric_curves(con, runs: Sequence[str], metrics: Sequence[str] = HEADLINE_METRICS, tier: str = "phone",
                   subset: str = "all") -> Figure:
-    """Per-layer metric curves: x = layer, y = value, one line per run (dashes per k), a panel per metric,
-    and a panel for the linear phone probe's balanced accuracy with its chance level dashed (when
-    the runs were probed)."""
+    """Per-layer metric curves: x = layer, y = value, one line per run (dashes per k) over the shaded band
+    of its 95 % interval, a panel per metric, and a panel for the linear phone probe's balanced accuracy
+    with its chance level dashed (when the runs were probed)."""
     params = {"runs": ",".join(runs), "metrics": ",".join([*metrics, PROBE_METRIC, PROBE_CHANCE]), "tier": tier,
               "subset": subset}
     data = query(None, "report_metrics", params, con=con)
@@ -98,19 +188,23 @@ def metric_curves(con, runs: Sequence[str], metrics: Sequence[str] = HEADLINE_ME
     ks = sorted({r["k"] for r in rows})
     present = {r["metric"] for r in rows}
     pick = alt.selection_point(fields=["run"], bind="legend", name="run_pick")
-    x = alt.X("layer:O", title="layer (-1 = CNN)")
-    tooltip = ["run:N", "layer:O", "k:Q", "metric:N", alt.Tooltip("value:Q", format=".4f"), "n:Q"]
+    x = alt.X("layer:O", title="layer (-2 = mel, -1 = CNN)" if any(r["layer"] == -2 for r in rows) else
+              "layer (-1 = CNN)")
+    tooltip = ["run:N", "layer:O", "k:Q", "metric:N", alt.Tooltip("value:Q", format=".4f"), "n:Q", *INTERVAL_TOOLTIP,
+               alt.Tooltip("seed_sd:Q", title="seed sd", format=".4f"), alt.Tooltip("n_seeds:Q", title="k-means seeds")]
     opacity = alt.condition(pick, alt.value(1.0), alt.value(0.15))
-    colour = alt.Color("run:N", sort=list(runs), title="run")
+    band_opacity = alt.condition(pick, alt.value(0.2), alt.value(0.04))
+    colour = alt.Color("run:N", sort=list(runs), title="run", legend=alt.Legend(symbolOpacity=1))
     dash = alt.StrokeDash("k:N", title="k") if len(ks) > 1 else alt.Undefined
     panels = []
     for i, metric in enumerate(metrics):
-        panel = alt.Chart().mark_line(point=True).encode(
+        line = alt.Chart().mark_line(point=True).encode(
             x=x, y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)), color=colour, strokeDash=dash,
             opacity=opacity, tooltip=tooltip,
-        ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=metric)).properties(
-            width=170, height=130, title=metric)
-        panels.append(panel.add_params(pick) if i == 0 else panel)
+        ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=metric))
+        line = line.add_params(pick) if i == 0 else line  # declared once, on a line (the band is a composite mark)
+        panels.append(_panel([_band(x, colour, metric, band_opacity), line], metric, rows).properties(
+            width=170, height=130, title=metric))
     if PROBE_METRIC in present:
         accuracy = alt.Chart().mark_line(point=True).encode(
             x=x, y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=True)), color=colour, strokeDash=dash,
@@ -119,21 +213,81 @@ def metric_curves(con, runs: Sequence[str], metrics: Sequence[str] = HEADLINE_ME
         chance = alt.Chart().mark_line(strokeDash=[4, 3], color="#888888", strokeWidth=1.2).encode(
             x=x, y="value:Q", detail=["run:N", "k:N"], tooltip=tooltip,
         ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=PROBE_CHANCE))
-        panels.append(alt.layer(accuracy, chance).properties(
+        panels.append(alt.layer(_band(x, colour, PROBE_METRIC, band_opacity, zero=True), accuracy, chance).properties(
             width=170, height=130, title=f"{PROBE_METRIC} (dashed: chance)"))
     chart = alt.ConcatChart(concat=panels, columns=4, data=alt.InlineData(values=rows)).resolve_scale(
         y="independent").properties(title=f"Cluster/{tier} agreement by layer (subset: {subset})")
     probe = (f" {PROBE_METRIC}: a linear {tier} probe (logistic regression) trained on about three quarters of the "
              "speakers of the balanced sample and tested on the others; the dashed grey line is chance "
              "(1 / labels in the test set)." if PROBE_METRIC in present else "")
+    shown = [r for r in rows if r["metric"] in (*metrics, PROBE_METRIC)]
+    note = null_note(shown)
     return Figure("metric_curves", "Metrics by layer", chart, "report_metrics", params, data,
                   caption=f"k-means with k = {', '.join(map(str, ks)) or '?'}; every frame of the layer is scored."
-                          f"{probe} Click a run in the legend to highlight it.")
+                          f"{probe} {interval_sentence(shown)}{seed_sentence(shown)}"
+                          f"{' ' + note if note else ''} Click a run in the legend to highlight it.",
+                  extra={"without_interval": note})
+
+
+def cca_curves(con, runs: Sequence[str], tier: str = "phone", subset: str = "all") -> Figure:
+    """Per-layer CCA measures (Pasad et al. 2023): a panel per target (phone, word, log-mel), a line per run
+    over the shaded band of its 95 % interval."""
+    params = {"runs": ",".join(runs), "metrics": ",".join(CCA_METRICS), "tier": tier, "subset": subset}
+    data = query(None, "report_cca", params, con=con)
+    rows = records(data)
+    present = [m for m in CCA_METRICS if m in {r["metric"] for r in rows}]
+    pick = alt.selection_point(fields=["run"], bind="legend", name="cca_run_pick")
+    x = alt.X("layer:O", title="layer (-2 = mel, -1 = CNN)", axis=alt.Axis(labelAngle=0))
+    colour = alt.Color("run:N", sort=list(runs), title="run", legend=alt.Legend(symbolOpacity=1))
+    opacity = alt.condition(pick, alt.value(1.0), alt.value(0.15))
+    tooltip = ["run:N", "layer:O", "metric:N", "tier:N", alt.Tooltip("value:Q", format=".4f"), "n:Q",
+               *INTERVAL_TOOLTIP]
+    panels = []
+    for i, metric in enumerate(present):
+        line = alt.Chart().mark_line(point=True).encode(
+            x=x, y=alt.Y("value:Q", title="projection-weighted CCA", scale=alt.Scale(zero=False)), color=colour,
+            opacity=opacity, tooltip=tooltip,
+        ).transform_filter(alt.FieldEqualPredicate(field="metric", equal=metric))
+        band = _band(x, colour, metric, alt.condition(pick, alt.value(0.2), alt.value(0.04)), detail="run:N")
+        line = line.add_params(pick) if i == 0 else line
+        panels.append(_panel([band, line], metric, rows).properties(width=200, height=150,
+                                                                    title=f"{metric}: {CCA_TARGETS[metric]}"))
+    chart = alt.HConcatChart(hconcat=panels, data=alt.InlineData(values=rows)).resolve_scale(
+        y="independent").properties(title="CCA with phone, word and acoustic targets by layer")
+    note = null_note(rows)
+    return Figure("cca_curves", "CCA by layer", chart, "report_cca", params, data,
+                  caption="Projection-weighted CCA (as in Pasad et al., ICASSP 2023) between each layer and a "
+                          "target, fitted on a speaker-disjoint train split and scored on the other speakers: "
+                          + "; ".join(f"{m}: {CCA_TARGETS[m]}" for m in present) + ". "
+                          + interval_sentence(rows, "measure") + (f" {note}" if note else "")
+                          + " Click a run in the legend to highlight it.",
+                  extra={"without_interval": note, "metrics": present})
+
+
+def metric_differences(con, runs: Sequence[str], tier: str = "phone",
+                       metrics: Sequence[str] = (*HEADLINE_METRICS, PROBE_METRIC, *CCA_METRICS)
+                       ) -> tuple[pa.Table, dict] | None:
+    """The paired differences (`metric_differences`) of these runs, one row per pair and metric with its
+    claim ('layer 4 > layer 3') and whether it holds at 95 % ('yes' / 'no'); None when the warehouse has
+    no such table (written before paired differences existed)."""
+    if not view_columns(con, "metric_differences"):
+        return None
+    params = {"runs": ",".join(runs), "metrics": ",".join(metrics), "tier": tier}
+    return query(None, "report_metric_differences", params, con=con), params
 
 
 def metric_table(con, runs: Sequence[str], tier: str = "phone", subset: str = "all") -> tuple[pa.Table, dict]:
     params = {"runs": ",".join(runs), "tier": tier, "subset": subset}
     return query(None, "report_metric_table", params, con=con), params
+
+
+def metric_intervals(con, runs: Sequence[str], metrics: Sequence[str], tier: str = "phone",
+                     subset: str = "all") -> dict[tuple, tuple[float, float]]:
+    """(run, k, layer, metric) -> its 95 % interval (ci_low, ci_high), for the metric table's cells."""
+    params = {"runs": ",".join(runs), "metrics": ",".join(metrics), "tier": tier, "subset": subset}
+    return {(r["run"], r["k"], r["layer"], r["metric"]): (r["ci_low"], r["ci_high"])
+            for r in query(None, "report_metrics", params, con=con).to_pylist()
+            if r["ci_low"] is not None and r["ci_high"] is not None}
 
 
 # ------------------------------------------------------------------------------------------- maps
@@ -382,7 +536,9 @@ def agreement_curves(con, run: str, others: Sequence[str], metrics: Sequence[str
     return Figure(_safe(f"agreement_{run}"), f"Agreement of {run} with {', '.join(others)}", chart,
                   "compare_agreement", params, data,
                   caption=f"Per layer: {clusters}; 'cka' is the linear CKA of that layer in both runs (the "
-                          "heatmap's diagonal).")
+                          "heatmap's diagonal). No band here: these agreements are not resampled; whether a "
+                          "metric differs between the runs at a layer, with its interval, is in the paired "
+                          "differences table.")
 
 
 # ------------------------------------------------------------------------------------------- variants and groups

@@ -3,15 +3,16 @@
 Three kinds of checks, each a named row of the report (run, pass/FAIL, count, one example):
 
 - every committed file (the latest commit record of each shard) exists, is readable Parquet and
-  holds the rows its record says (`committed_files_*`); readers leave a damaged file's shard out,
-  so a failure here means rows are missing from every query until the stage is rerun;
+  holds the rows its record says (`committed_files_*`); readers open no file to validate it, so a
+  damaged file fails the queries that read it (DuckDB names it) and resume redoes its shard;
 - every run's facts file is readable JSON, the layers it records are the layers of every committed
   frames shard, and each layer's vectors have the dimension and dtype of the model (`facts_*`);
 - every `sql/checks/*.sql` data test returns zero rows (duplicate keys, orphans, values out of
   range), run with each view restricted to the run when one is named.
 
-A failure in one run never stops the checks of the others. A writing command ends with
-`check_written`, the cheap part on what it wrote: its run's commit records and facts, no SQL.
+A failure in one run never stops the checks of the others; the SQL tests run with the damaged shards
+left out. A writing command ends with `check_written`, the cheap part on what it wrote: the files of
+the commits it made and the facts against them, no SQL.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.warehouse.schemas import tiered_views
 from pipeline.sql import SQL_DIR
-from pipeline.warehouse import Warehouse
+from pipeline.algorithms.logmel import MEL_LAYER, N_MELS  # the log-mel layer -2 is N_MELS wide
+from pipeline.warehouse import Warehouse, vectors
 
 CHECKS_DIR = SQL_DIR / "checks"
 ALL_RUNS = "*"  # the run column of a row that covers every run (a pass) or no run in particular
@@ -90,17 +91,26 @@ def check(warehouse: str | os.PathLike | Warehouse, run: str | None = None) -> C
     if run is not None and not records and run not in _facts_runs(wh):
         known = sorted(_facts_runs(wh) | {key[0] for key in wh.commit_records()})
         raise ValueError(f"no run {run!r} in {wh.root} (runs: {', '.join(known) or 'none'})")
-    return CheckReport([*file_checks(wh, records, run), *facts_checks(wh, records, run), *sql_checks(wh, run)])
+    damaged = wh.damaged(records=records)
+    hidden = {(d.run, d.stage, d.shard) for d in damaged}
+    exclude = {f["path"] for key in hidden for f in records[key]["files"]}  # as resume sees them: not done
+    return CheckReport([*file_checks(wh, records, run, damaged), *facts_checks(wh, records, run),
+                        *sql_checks(wh, run, exclude)])
 
 
 def check_written(warehouse: str | os.PathLike | Warehouse, run: str,
-                  stages: Iterable[str] | None = None) -> CheckReport:
+                  stages: Iterable[str] | None = None, written: Iterable[dict] | None = None) -> CheckReport:
     """The check a writing command runs at its end: the files of its commit records (`stages` of
-    `run`; every stage of the run when None) and the run's facts against its frames. No SQL, nothing
-    of other runs. Raises CheckFailed naming the run, the files and what to do."""
+    `run`; every stage of the run when None) and the run's facts against its frames; with `written`
+    (the records the job committed: Warehouse.written), those records only, so the check costs what
+    the job wrote, not what the run holds. No SQL, nothing of other runs. Raises CheckFailed naming
+    the run, the files and what to do."""
     wh = _open(warehouse)
-    records = wh.commit_records(run)
     wanted = None if stages is None else set(stages)
+    if written is None:
+        records = wh.commit_records(run)
+    else:
+        records = {(rec["run"], rec["stage"], rec["shard"]): rec for rec in written if rec["run"] == run}
     own = {key: rec for key, rec in records.items() if wanted is None or key[1] in wanted}
     report = CheckReport([*file_checks(wh, own, run), *facts_checks(wh, records, run)])
     if not report.ok:
@@ -114,8 +124,12 @@ def check_written(warehouse: str | os.PathLike | Warehouse, run: str,
 
 
 def _open(warehouse: str | os.PathLike | Warehouse) -> Warehouse:
+    from pipeline.warehouse.fs import is_remote
+
     if isinstance(warehouse, Warehouse):
         return warehouse
+    if is_remote(warehouse):
+        return Warehouse(warehouse)
     if not Path(warehouse).is_dir():
         raise FileNotFoundError(f"no warehouse at {warehouse}: pass --warehouse DIR (the folder `extract` wrote)")
     return Warehouse(warehouse)
@@ -131,9 +145,10 @@ FILE_CHECKS = {  # check name: which problem of Warehouse.damaged it reports
 }
 
 
-def file_checks(wh: Warehouse, records: dict, run: str | None = None) -> list[CheckResult]:
-    """Every file of the given commit records exists, reads as Parquet and has its committed rows."""
-    damaged = wh.damaged(records=records)
+def file_checks(wh: Warehouse, records: dict, run: str | None = None, damaged: list | None = None) -> list[CheckResult]:
+    """Every file of the given commit records exists, reads as Parquet and has its committed rows
+    (`damaged`: Warehouse.damaged of those records, when already known)."""
+    damaged = wh.damaged(records=records) if damaged is None else damaged
     out = []
     for name, matches in FILE_CHECKS.items():
         found = [d for d in damaged if matches(d)]
@@ -175,21 +190,20 @@ def facts_checks(wh: Warehouse, records: dict, run: str | None = None) -> list[C
 
 
 def _facts_runs(wh: Warehouse) -> set[str]:
-    return {p.stem for p in (wh.root / "_runs").glob("*.json")}
+    return set(wh.runs())
 
 
 def _read_facts(wh: Warehouse, run: str, has_records: bool) -> tuple[dict | None, str | None]:
     """The run's facts, or None and what is wrong with its facts file."""
-    path = wh.root / "_runs" / f"{run}.json"
-    rel = path.relative_to(wh.root).as_posix()
-    if not path.exists():
+    rel = wh.facts_rel(run)
+    data = wh.store.read_bytes(rel)
+    if data is None:
         return None, (f"{rel}: missing, but the run has commits; rerun its first stage with --overwrite"
                       if has_records else None)
     try:
-        facts = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        size = path.stat().st_size if path.exists() else 0
-        what = "empty file" if size == 0 else f"not JSON ({err})"
+        facts = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        what = "empty file" if not data else f"not JSON ({err})"
         return None, f"{rel}: {what}; rerun the run's first stage with --overwrite, or drop the run"
     if not isinstance(facts, dict):
         return None, f"{rel}: holds a {type(facts).__name__}, not an object of facts; rerun with --overwrite"
@@ -234,9 +248,10 @@ def _dims_problems(wh: Warehouse, facts: dict, records: list[dict]) -> list[str]
     problems = []
     for rec in records:
         for layer, paths in sorted(_frames_layers(rec).items()):
-            width = model.get("conv_dim" if layer == LAYER_CNN else "hidden_size")
+            width = N_MELS if layer == MEL_LAYER else model.get("conv_dim" if layer == LAYER_CNN else "hidden_size")
+            specs = {f["path"]: f.get("vector") for f in rec["files"]}
             for path in paths:
-                found = _vector_type(wh.root / path)
+                found = _spec_type(specs.get(path)) or _vector_type(wh, path)
                 if found is None:
                     continue  # missing or unreadable: committed_files_* report it
                 want = expected.setdefault(layer, (width if width is not None else found[0], facts.get("dtype")))
@@ -246,25 +261,32 @@ def _dims_problems(wh: Warehouse, facts: dict, records: list[dict]) -> list[str]
     return problems
 
 
-def _vector_type(path: Path) -> tuple[int, str] | None:
-    """(width, value type) of a frames file's `vector` column, or None when it cannot be read."""
+def _spec_type(spec: str | None) -> tuple[int, str] | None:
+    """(width, value type) from a commit record's `vector` ("float16[768]", "list:float16[768]"), else None."""
+    if not spec:
+        return None
+    dtype, _, dim = spec.removeprefix("list:").rstrip("]").partition("[")
+    return int(dim), dtype
+
+
+def _vector_type(wh: Warehouse, path: str) -> tuple[int, str] | None:
+    """(width, value type) of a frames file's `vector` column from its footer, or None when it cannot be
+    read (files committed before records said it)."""
     try:
-        typ = pq.read_schema(path).field("vector").type
+        return vectors.type_of(wh.parquet_file(path).schema_arrow.field("vector"))
     except (OSError, KeyError, pa.ArrowInvalid):
         return None
-    if not pa.types.is_fixed_size_list(typ):
-        return -1, str(typ)
-    return typ.list_size, VALUE_TYPES.get(typ.value_type, str(typ.value_type))
 
 
 # ---------------------------------------------------------------- SQL data tests
 
 
-def run_sql_checks(wh: Warehouse, run: str | None = None, con=None) -> dict[str, pa.Table | Exception]:
+def run_sql_checks(wh: Warehouse, run: str | None = None, con=None,
+                   exclude: set[str] | None = None) -> dict[str, pa.Table | Exception]:
     """Every `sql/checks/*.sql` by name: the offending rows (none on a healthy warehouse), or the
     error that stopped the query. With `run`, every view holding a `run` column shows that run only.
     `con`: a connection of `wh.connect()` to reuse (it is changed: views are added)."""
-    con = con or wh.connect()
+    con = con or wh.connect(runs=None if run is None else [run], exclude=exclude)
     tiered_views(con)  # clusters, centroids, decoded as every reader sees them: a tier on every row
     if run is not None:
         _restrict_to_run(con, run)
@@ -292,11 +314,12 @@ def _restrict_to_run(con, run: str) -> None:
     con.execute("set search_path = 'only_run,main'")
 
 
-def sql_checks(wh: Warehouse, run: str | None = None) -> list[CheckResult]:
-    """The SQL data tests as report rows: one FAIL row per run with offending rows, else one pass row."""
+def sql_checks(wh: Warehouse, run: str | None = None, exclude: set[str] | None = None) -> list[CheckResult]:
+    """The SQL data tests as report rows: one FAIL row per run with offending rows, else one pass row.
+    `exclude`: files left out of the views (the damaged shards, as resume leaves them out)."""
     scope = run or ALL_RUNS
     try:
-        results = run_sql_checks(wh, run)
+        results = run_sql_checks(wh, run, exclude=exclude)
     except Exception as err:  # noqa: BLE001 - the warehouse cannot be opened: every SQL check fails
         return [CheckResult("sql_checks", scope, False, 0, f"cannot open the warehouse's views: {err}")]
     out = []

@@ -15,6 +15,10 @@ compared in two ways (the measures are pure functions in `pipeline.algorithms.si
   assigned, from a cluster × cluster contingency counted in SQL (`sql/compare_contingency.sql`) and
   scored with `pipeline.algorithms.metrics.contingency_metrics` (AMI, NMI, MI, homogeneity, completeness,
   v-measure, purities; A's clusters are the rows) plus the adjusted Rand index.
+- **paired differences** per layer and tier both runs clustered with k: every contingency score of A's
+  clusters against the labels minus B's, on the frames both runs assigned, with a paired bootstrap
+  interval over speakers (the same speakers drawn for both runs: `bootstrap.paired_contingency_difference`
+  on per-speaker tables from `sql/compare_speaker_contingency.sql`) → table `metric_differences`.
 
 The runs must share utterances (same ids with the same sample count) and frame geometry (the
 `geometry` facts in `_runs/<run>.json`), else this stops with an error that says which.
@@ -22,10 +26,13 @@ The runs must share utterances (same ids with the same sample count) and frame g
 Tables (Hive partitions `run` = A, `other` = B; a rerun replaces them):
     cka/run=A/other=B/part-00000.parquet             layer, other_layer, value, value_debiased, n
     run_agreement/run=A/other=B/part-00000.parquet   layer, k, metric, value, n, tier
+    metric_differences/run=A/compare-…parquet         other_run (= B), layer, other_layer, tier, k, metric, value,
+                                                     other_value, diff, ci_low, ci_high, significant, …
 committed as stage `compare.<B>` of run A (parameters, k, tiers, n, timings in the commit record).
 
 CLI (flags = the parameters of `compare`):
-    python -m pipeline compare --runs A,B [--n N] [--seed S] [--k K] [--tier T] [--warehouse DIR]
+    python -m pipeline compare --runs A,B [--n N] [--seed S] [--k K] [--tier T] [--n-resamples B]
+                               [--no-intervals] [--warehouse DIR]
 """
 
 from __future__ import annotations
@@ -36,15 +43,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
+from pipeline.algorithms import bootstrap as B
 from pipeline.algorithms import metrics as M
 from pipeline.algorithms.similarity import Centred, adjusted_rand_index, cka_pair
 from pipeline.sql import query
-from pipeline.stages.analyze import vectors
+from pipeline.warehouse.vectors import decode as vectors
 from pipeline.stages.inputs import extracted_facts
 from pipeline.warehouse import Warehouse, check_run_name, fingerprint, keys
-from pipeline.warehouse.schemas import CKA, RUN_AGREEMENT, check_tier_name
+from pipeline.warehouse.schemas import CKA, METRIC_DIFFERENCES, RUN_AGREEMENT, check_tier_name
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +196,58 @@ def agreement(wh: Warehouse, con, run: str, other: str, k: int, tier: str = "pho
     return pa.Table.from_pylist(rows, schema=AGREEMENT_SCHEMA)
 
 
+def _speaker_tables(speaker: np.ndarray, label: np.ndarray, cluster: np.ndarray, counts: np.ndarray,
+                    speakers: np.ndarray, labels: np.ndarray, k: int) -> B.SpeakerTables:
+    """Per-speaker labels × clusters tables (speakers and labels: the sorted names given) of labelled cells."""
+    keep = label != None  # noqa: E711 (element-wise comparison with None)
+    s = np.searchsorted(speakers, speaker[keep].astype(str))
+    lab = np.searchsorted(labels, label[keep].astype(str))
+    flat = (s * len(labels) + lab) * k + cluster[keep].astype(np.int64)
+    dense = np.bincount(flat, weights=counts[keep], minlength=len(speakers) * len(labels) * k)
+    return B.SpeakerTables.from_dense(dense.reshape(len(speakers), len(labels), k).astype(np.int64), speakers)
+
+
+def differences(wh: Warehouse, con, run: str, other: str, k: int, tier: str = "phone",
+                n_resamples: int = B.N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Per layer both runs clustered with k for `tier`: every contingency score of run minus other on the
+    frames both assigned, with its paired speaker-bootstrap interval (rows of `metric_differences`)."""
+    cells = query(wh.root, "compare_speaker_contingency", {"run": run, "other": other, "k": k, "tier": tier}, con=con)
+    layer = cells["layer"].to_numpy()
+    speaker = np.asarray(cells["speaker"].to_pylist(), dtype=object)
+    sides = [(np.asarray(cells[lab].to_pylist(), dtype=object), cells[clu].to_numpy())
+             for lab, clu in (("label", "cluster"), ("other_label", "other_cluster"))]
+    counts = cells["n_frames"].to_numpy().astype(np.float64)
+    rows = []
+    for value in np.unique(layer):
+        pick = layer == value
+        speakers = np.unique(speaker[pick].astype(str))
+        labels = np.unique(np.concatenate([lab[pick][lab[pick] != None].astype(str) for lab, _ in sides]))  # noqa: E711
+        if len(labels) == 0:
+            continue
+        a, b = (_speaker_tables(speaker[pick], lab[pick], clu[pick], counts[pick], speakers, labels, k)
+                for lab, clu in sides)
+        few = 1 < len(speakers) < B.MIN_SPEAKERS
+        for metric, d in B.paired_contingency_difference(a, b, n_resamples, seed).items():
+            if few:
+                reason = f"{len(speakers)} speakers: too few for a speaker bootstrap (at least {B.MIN_SPEAKERS})"
+                d = B.Difference(d.a, d.b, B.null_interval(reason, d.diff.value), None)
+            rows.append({"other_run": other, "layer": int(value), "other_layer": int(value), "tier": tier, "k": k,
+                         "metric": metric, "value": d.a, "other_value": d.b, "diff": d.diff.value,
+                         "ci_low": d.diff.ci_low, "ci_high": d.diff.ci_high, "significant": d.significant,
+                         "ci_method": d.diff.method, "n_resamples": d.diff.n_resamples or None,
+                         "null_reason": d.diff.reason})
+    return pa.Table.from_pylist(rows, schema=METRIC_DIFFERENCES)
+
+
 def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: int = 0, k: int | None = None,
-            tier: str | None = None) -> dict:
+            tier: str | None = None, n_resamples: int = B.N_RESAMPLES, intervals: bool = True) -> dict:
     """Compare run A with run B on the same utterances → tables `cka` and `run_agreement` (under run A).
 
     runs: (A, B) or "A,B". n: frames in the CKA sample (at most; every shared frame if fewer).
     seed: picks the sample. k: the k-means of both runs to compare (default: the largest k both
     analysed; none: CKA only). tier: the label tier whose k-means to compare (default: every tier
-    both runs clustered with k). Returns what was written: the two tables and the parameters.
+    both runs clustered with k). n_resamples: of the paired bootstrap of `metric_differences` (intervals:
+    False skips that table). Returns what was written: the tables and the parameters.
     """
     run, other = _pair(runs)
     if n < 4:
@@ -213,14 +266,23 @@ def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: in
     t_cka = time.perf_counter() - t0
     agree = pa.concat_tables([AGREEMENT_SCHEMA.empty_table()] + [agreement(wh, con, run, other, k, t) for t in tiers])
     files = [wh.write("cka", cka, run, 0, other=other), wh.write("run_agreement", agree, run, 0, other=other)]
+    t1 = time.perf_counter()
+    diffs = None
+    if intervals and k is not None:
+        diffs = pa.concat_tables([METRIC_DIFFERENCES.empty_table()]
+                                 + [differences(wh, con, run, other, k, t, n_resamples, seed) for t in tiers])
+        files.append(wh.write("metric_differences", diffs, run, 0, file_prefix="compare"))
     params = {"run": run, "other": other, "n": n, "seed": seed, "k": k, "tiers": tiers}
-    seconds = {"cka_s": round(t_cka, 3), "total_s": round(time.perf_counter() - t0, 3)}
+    seconds = {"cka_s": round(t_cka, 3), "differences_s": round(time.perf_counter() - t1, 3),
+               "total_s": round(time.perf_counter() - t0, 3)}
     n_frames = cka["n"][0].as_py()
-    wh.commit(run, keys.compare_stage(other), 0, files, params=params, params_sha256=fingerprint(params), k=k,
+    wh.commit(run, keys.compare_stage(other), 0, files, params=params,
+              params_sha256=fingerprint({**params, "n_resamples": n_resamples, "intervals": intervals}), k=k,
+              n_resamples=n_resamples if intervals else None,
               frames=n_frames, shared_utterances=shared["n_shared"], **seconds)
     log.info("compare %s with %s: %d frames, k = %s, %.1f s", run, other, n_frames, k, seconds["total_s"])
     return {**params, "frames": n_frames, "shared_utterances": shared["n_shared"], "cka": cka,
-            "agreement": agree, **seconds}
+            "agreement": agree, "differences": diffs, **seconds}
 
 
 @dataclass
@@ -235,6 +297,10 @@ class CompareConfig:
         "help": "clusterings to compare (default: the largest k both runs analysed)"})
     tier: str | None = field(default=None, metadata={
         "help": "clusterings of this tier only (default: every tier both runs clustered)"})
+    n_resamples: int = field(default=B.N_RESAMPLES, metadata={
+        "help": "resamples of the paired speaker bootstrap (table metric_differences)"})
+    intervals: bool = field(default=True, metadata={
+        "flag": "--no-intervals", "help": "skip the paired differences (table metric_differences)"})
 
 
 @dataclass
@@ -251,6 +317,12 @@ class CompareResult:
                 f"utterances, k = {o['k']}, {o['total_s']:.1f} s\n" + table_text(o["cka"], max_rows=20))
         if o["agreement"] is not None and o["agreement"].num_rows:
             text += "\n" + table_text(o["agreement"], max_rows=60)
+        d = o.get("differences")
+        if d is not None and d.num_rows:
+            shown = d.select(["layer", "tier", "metric", "value", "other_value", "diff", "ci_low", "ci_high",
+                              "significant"]).filter(pc.is_in(d["metric"], pa.array(["ami", "nmi", "pnmi"])))
+            text += (f"\n{o['run']} − {o['other']} per layer (table metric_differences, 95 % paired bootstrap over "
+                     "speakers; significant: the interval excludes 0):\n" + table_text(shown, max_rows=60))
         return text
 
 

@@ -1,12 +1,17 @@
 """Stage 2: corpus → model → `frames` (one row per run, layer, utterance, frame) + corpus tables.
 
-Per rank: stream this rank's shards (shard % world_size == rank), decode them in a background
-thread, run the model in length-bucketed batches, and hand each finished shard to a writer
-thread, which writes one file per layer plus the corpus tables and then commits the shard.
+Per rank: stream this rank's shards (`ingest.shard_owner`: a contiguous run of shards per rank),
+decode them in a background thread, run the model in length-bucketed batches, and hand each finished shard to a writer
+thread, which writes one file per layer (several layers at once on a GPU machine) plus the
+corpus tables and then commits the shard. On CPU, glibc keeps the freed heap for the next batch.
 A shard is visible only after its commit, so a process killed at any point leaves either a
 committed shard or nothing that readers trust; a rerun skips committed shards and redoes the rest.
 An utterance longer than one model window (30 s) is streamed: each window's frames go straight
 to the shard's per-layer Parquet writers, so memory does not grow with the recording's length.
+Beside the model's layers, the log-mel layer -2 (`mel`: 80 log-mel bins per model frame, from exactly
+the samples the frame sees; pipeline/algorithms/logmel.py) is stored like a layer when `--layers`
+names it (`mel` or -2, e.g. `--layers -1,6,mel`) and in `--layers all`. It is the acoustic
+target of analyze's `cca_mel`.
 """
 
 from __future__ import annotations
@@ -19,20 +24,27 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.warehouse import keys, schemas
+from pipeline.warehouse import keys, schemas, vectors
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
+from pipeline.algorithms.logmel import MEL_LAYER, N_MELS, log_mel_frames
+
+# `--layers all` stores the log-mel layer too (80 values a frame: ~1 % of wav2vec2-base's 13 layers). A run
+# begun before it existed (its facts' layers lack -2) resumes without it (see `_resume_layers`).
+MEL_IN_ALL = True
 from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE
 from pipeline.stages.ingest import (
     CORPUS_HELP,
     ID_COLUMN_HELP,
     OVERWRITE_HELP,
     SHARD_SIZE,
+    ALIGNMENTS_HELP,
     SOURCE_FORMATS,
     Prepared,
     QuarantineRow,
@@ -41,9 +53,11 @@ from pipeline.stages.ingest import (
     ensure_run_facts,
     iter_shards,
     prepare_shard,
+    shard_owner,
+    count_items,
+    source_spec,
     write_corpus_tables,
 )
-from pipeline.corpus.sources import SourceSpec
 from pipeline.warehouse import FileRecord, Warehouse, fingerprint
 
 log = logging.getLogger(__name__)
@@ -65,8 +79,10 @@ class ExtractConfig:
     split: str | None = field(default=None, metadata={"help": "one split only (default: every split)"})
     id_column: str = field(default="id", metadata={"help": ID_COLUMN_HELP})
     limit: int | None = field(default=None, metadata={"help": "only the first N items of the stream"})
+    alignments: str | None = field(default=None, metadata={"help": ALIGNMENTS_HELP})
     layers: str = field(default="all", metadata={
-        "help": "'all', or e.g. '-1,0,6-12' (-1 = CNN output, 0 = transformer input)"})
+        "help": "'all', or e.g. '-1,0,6-12' (-1 = CNN output, 0 = transformer input); add mel (or -2) for "
+                "80 log-mel bins per frame: 'all,mel'"})
     warehouse: str = "storage"
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     dtype: str = field(default="float16", metadata={"choices": ("float16", "float32"), "help": "stored vectors"})
@@ -107,6 +123,43 @@ class Counts:
         )
 
 
+def split_layers(spec: str, num_layers: int) -> tuple[list[int], bool]:
+    """(the model's layers, whether the log-mel layer is stored) of `--layers`: the log-mel layer is named
+    `mel` or -2 ('all' holds it when MEL_IN_ALL). The model's layers are `pipeline.model.parse_layers`'."""
+    from pipeline.model import parse_layers
+
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    is_mel = [p.lower() in ("mel", str(MEL_LAYER)) for p in parts]
+    rest = [p for p, m in zip(parts, is_mel) if not m]
+    if not rest:
+        raise ValueError(f"--layers {spec!r} names no layer of the model: the frames are the model's, so name one "
+                         "too, e.g. --layers -1,mel")
+    return parse_layers(",".join(rest), num_layers), any(is_mel) or (MEL_IN_ALL and any(p.lower() == "all" for p in rest))
+
+
+def _resume_layers(wh, cfg: ExtractConfig, layers: list[int], mel: bool) -> bool:
+    """Whether to store the log-mel layer: as `--layers` says, except that a run made with `all` before `all`
+    held the log-mel layer (its facts list exactly the model's layers) resumes as it was made."""
+    if not mel or cfg.overwrite or any(p.strip().lower() in ("mel", str(MEL_LAYER)) for p in str(cfg.layers).split(",")):
+        return mel
+    old = wh.read_facts(cfg.run) or {}
+    if sorted(old.get("layers") or []) == sorted(layers):
+        log.info("run %r was made without the log-mel layer (-2): it resumes without it", cfg.run)
+        return False
+    return mel
+
+
+def add_mel(outputs: dict[int, np.ndarray], wave: np.ndarray, geometry: FrameGeometry, first_frame: int = 0) -> dict:
+    """`outputs` (one utterance's or window's blocks, by layer) with the log-mel layer of the same frames:
+    frame i from samples [hop · i, hop · i + window) of the whole recording."""
+    n = next(iter(outputs.values())).shape[0]
+    start = first_frame * geometry.hop_samples
+    audio = wave[start:start + geometry.n_samples_for_frames(n)]
+    outputs[MEL_LAYER] = log_mel_frames(audio, geometry.receptive_field_samples, geometry.hop_samples, n_frames=n,
+                                        sample_rate_hz=geometry.sample_rate_hz)
+    return outputs
+
+
 def frame_labels(segments, tier: str, centres_s: np.ndarray) -> list[str | None]:
     """Label of the interval of `tier` holding each frame centre (geometry.labels_at: start inclusive, end exclusive)."""
     tier_segments = [s for s in segments if s.tier == tier]
@@ -140,11 +193,17 @@ def frames_tables(
         "word": pa.array(words, pa.string()),
     }
     np_dtype = np.float16 if dtype == "float16" else np.float32
+    n_rows = len(columns["frame"])
     tables = {}
     for layer, dim in dims.items():
-        flat = np.concatenate([outputs[i][layer] for i in order]).astype(np_dtype, copy=False) if order else np.zeros((0, dim), np_dtype)
-        vector = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim)
-        tables[layer] = pa.Table.from_arrays([*columns.values(), vector], schema=schemas.frames_schema(dim, dtype))
+        matrix = np.empty((n_rows, dim), np_dtype)  # each output converted once, straight into place
+        row = 0
+        for i in order:
+            block = outputs[i][layer]
+            matrix[row:row + len(block)] = block
+            row += len(block)
+        tables[layer] = pa.Table.from_arrays([*columns.values(), vectors.encode(matrix, dtype)],
+                                             schema=schemas.frames_schema(dim, dtype))
     return tables
 
 
@@ -288,6 +347,8 @@ def _write_streamed(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepa
                 write([prepared[j] for j in batched], [outputs[j] for j in batched])
                 batched = []
             for first, block in _model_blocks(loaded, prepared[i], layers, i):
+                if MEL_LAYER in dims:
+                    add_mel(block, prepared[i].wave, geometry, first)
                 write([prepared[i]], [block], [first])
         if batched:
             write([prepared[j] for j in batched], [outputs[j] for j in batched])
@@ -324,6 +385,30 @@ def _release_free_heap() -> None:
         trim(0)
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_KEEP_BYTES = 1 << 30
+
+
+@functools.cache
+def _keep_freed_heap() -> bool:
+    """On CPU, let glibc reuse the forward pass's large buffers instead of mapping fresh pages each batch.
+
+    By default every allocation above the mmap threshold (at most 32 MB) is a fresh mmap, and each
+    of its pages faults and is zeroed on first touch: the first conv layer's output of a padded batch
+    (0.5-1 GB at the default 160 s) cost 25.6 s of system time in 41.7 s of wall time on 960
+    utterances (issue 12). Raised to 1 GiB (mmap and trim thresholds), those buffers come from the
+    heap and stay there between batches: page faults fell 3.6-5x and system time 4-6x (bench/README.md).
+    The peak resident memory is the same (the pages are the batch's own); the freed memory is
+    kept for the next batch rather than handed back, except by _release_free_heap between the
+    windows of a long recording. Once per process; glibc only (elsewhere nothing happens)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _HEAP_KEEP_BYTES))
+
+
 @functools.cache
 def _malloc_trim():
     try:
@@ -352,11 +437,22 @@ def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
         yield item
 
 
-class _Writer:
-    """Writes and commits finished shards in a background thread, in order; bounded queue."""
+def writer_threads(device_type: str, n_layers: int) -> int:
+    """Threads writing one shard's per-layer files at once: 1 on CPU (the cores are the model's), and on
+    a GPU up to half the cores, at most 8 and one per layer (pyarrow releases the GIL while encoding)."""
+    if device_type == "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n_layers, 8, cores // 2))
 
-    def __init__(self, wh: Warehouse, run: str, rank: int, facts_sha: str):
+
+class _Writer:
+    """Writes and commits finished shards in a background thread, in order; bounded queue. A shard's
+    per-layer files are written by `threads` threads at once, then committed together."""
+
+    def __init__(self, wh: Warehouse, run: str, rank: int, facts_sha: str, threads: int = 1):
         self.wh, self.run, self.rank, self.facts_sha = wh, run, rank, facts_sha
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="frames-writer") if threads > 1 else None
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.bytes = 0
@@ -371,6 +467,8 @@ class _Writer:
     def close(self) -> None:
         self.q.put(None)
         self.thread.join()
+        if self.pool is not None:
+            self.pool.shutdown()
         if self.error:
             raise self.error
 
@@ -381,7 +479,8 @@ class _Writer:
             try:
                 shard, ids, prepared, bad, tables, frame_files = job  # frames: tables to write, or files written
                 files = write_corpus_tables(self.wh, self.run, shard, prepared, bad)
-                files += [self.wh.write("frames", t, self.run, shard, layer=layer) for layer, t in tables.items()]
+                write = lambda item: self.wh.write("frames", item[1], self.run, shard, layer=item[0])  # noqa: E731
+                files += list(self.pool.map(write, tables.items()) if self.pool else map(write, tables.items()))
                 files += frame_files
                 self.wh.commit(self.run, keys.EXTRACT, shard, files, rank=self.rank, items=len(ids),
                                ids_sha256=fingerprint(ids), facts_sha256=self.facts_sha)
@@ -392,7 +491,7 @@ class _Writer:
 
 def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None = None) -> Counts:
     """Extract every chosen layer of every frame of a corpus into the warehouse (this rank's share)."""
-    from pipeline.model import load_model, parse_layers
+    from pipeline.model import load_model
 
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
@@ -404,15 +503,18 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     precision = cfg.precision
     if precision == "auto":
         precision = "bfloat16" if str(device).startswith("cuda") or (device == "auto" and _cuda()) else "float32"
-    loaded = load_model(cfg.model, device=device, dtype=precision, cache_dir=wh.root / "_models")
-    layers = parse_layers(cfg.layers, loaded.num_layers)
-    spec = SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit)
+    loaded = load_model(cfg.model, device=device, dtype=precision, cache_dir=wh.cache_dir("_models"))
+    if loaded.device.type == "cpu":
+        _keep_freed_heap()
+    layers, mel = split_layers(cfg.layers, loaded.num_layers)  # the model's layers; mel: store the log-mel layer
+    mel = _resume_layers(wh, cfg, layers, mel)
+    spec = source_spec(cfg)
     facts = {
         **spec.facts(),
         "corpus_fingerprint": corpus_fingerprint(spec),
         "shard_size": cfg.shard_size,
         "model": loaded.facts(),
-        "layers": layers,
+        "layers": sorted(layers + [MEL_LAYER] * mel),
         "dtype": cfg.dtype,
         "geometry": loaded.geometry.as_dict(),
     }
@@ -425,9 +527,10 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     facts = ensure_run_facts(wh, cfg.run, facts)
     committed = committed_ids(wh, cfg.run, keys.EXTRACT)
     done = frozenset(committed)
-    counts = Counts(skipped_shards=sum(1 for s in done if s % world_size == rank))
-    dims = {layer: loaded.layer_dim(layer) for layer in layers}
-    writer = _Writer(wh, cfg.run, rank, fingerprint(facts))
+    owner = shard_owner(count_items(spec) if world_size > 1 else None, cfg.shard_size, world_size)
+    counts = Counts(skipped_shards=sum(1 for s in done if owner(s) == rank))
+    dims = {layer: loaded.layer_dim(layer) for layer in layers} | ({MEL_LAYER: N_MELS} if mel else {})
+    writer = _Writer(wh, cfg.run, rank, fingerprint(facts), writer_threads(loaded.device.type, len(dims)))
     min_samples = loaded.geometry.receptive_field_samples
 
     def decoded():
@@ -482,6 +585,9 @@ def _shard_frames(wh: Warehouse, cfg: ExtractConfig, shard: int, loaded, prepare
     results, failed_batched = run_model(loaded, [prepared[i] for i in batched], layers, cfg, shard)
     errors = {batched[j]: results[j] for j in failed_batched}
     outputs = {i: r for i, r in zip(batched, results) if i not in errors}
+    if MEL_LAYER in dims:
+        for i, r in outputs.items():
+            add_mel(r, prepared[i].wave, loaded.geometry)
     tables: dict[int, pa.Table] = {}
     frame_files: list[FileRecord] = []
     if streamed:

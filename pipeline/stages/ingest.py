@@ -1,10 +1,12 @@
 """Stage 1: corpus → utterances, segments and quarantine tables (no model needed).
 
-The stream is cut into shards of `shard_size` consecutive items; shard s belongs to rank
-s % world_size. Each shard is written and committed on its own, so a rerun skips committed
-shards and redoes the rest, and an item is never written twice. A rerun never mixes two corpora:
-the run's facts hold a fingerprint of the corpus, and every committed shard it skips must still
-hold the same items (the ids hash of its commit).
+The stream is cut into shards of `shard_size` consecutive items; each rank takes one contiguous
+run of shards (`shard_owner`), so that it reads only its own files and row groups. Each shard
+is written and committed on its own, so a rerun skips committed shards and redoes the rest,
+and an item is never written twice. A shard's number never depends on the world size, so a run
+resumes under any world size. A rerun never mixes two corpora: the run's facts hold a fingerprint
+of the corpus, and every committed shard it skips must still hold the same items (the ids hash of
+its commit).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from itertools import count, groupby
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +27,8 @@ from pipeline.corpus import audio
 from pipeline.warehouse import keys, schemas
 from pipeline.corpus.alignments import clean_tier
 from pipeline.corpus.records import Quarantine, Segment, Utterance
-from pipeline.corpus.sources import EMBEDDED_DATA, SourceItem, SourceSpec, iter_items
+from pipeline.corpus.sources import (EMBEDDED_DATA, SourceItem, SourceSpec, hub_offline, hub_snapshot,
+                                     iter_items, parquet_row_counts)
 from pipeline.warehouse import FactsMismatch, FileRecord, Warehouse, fingerprint
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ SOURCE_FORMATS = ("hf", "timit", "textgrid", "embedded")
 CORPUS_HELP = "hub id, Parquet file/folder, or corpus folder (not for --format embedded)"
 ID_COLUMN_HELP = "hf: column(s) keying utterances; 'a,b' joins values with '/'"
 OVERWRITE_HELP = "drop the run's old files and facts first"
+ALIGNMENTS_HELP = ("folder of TextGrids (MFA: words/phones tiers) or TIMIT .PHN/.WRD files, joined to utterances by "
+                   "relative path or file name; replaces the corpus's own alignments")
 
 
 @dataclass
@@ -74,7 +79,7 @@ def prepare(item: SourceItem, min_samples: int = audio.MIN_SAMPLES) -> Prepared:
         corpus=item.corpus,
         speaker=item.speaker,
         split=item.split,
-        text=item.text,
+        text=item.load_text() if item.load_text is not None else item.text,
         n_samples=len(wave),
         source_sample_rate_hz=source_rate,
         metadata=dict(item.metadata),
@@ -90,32 +95,66 @@ def prepare(item: SourceItem, min_samples: int = audio.MIN_SAMPLES) -> Prepared:
     return Prepared(utterance, wave, segments, channels)
 
 
+def count_items(spec: SourceSpec) -> int | None:
+    """How many items the stream holds, known before reading any row: Parquet footers (`hf`,
+    `embedded`), the folder listing (`timit`, `textgrid`; no file opened); None for a dataset that
+    `datasets` streams (not Parquet)."""
+    if spec.format in ("hf", "embedded"):
+        corpus = str(EMBEDDED_DATA) if spec.format == "embedded" else spec.corpus
+        n = parquet_row_counts(corpus, spec.split)
+    else:
+        n = sum(1 for _ in iter_items(spec))
+    return n if n is None or spec.limit is None else min(n, spec.limit)
+
+
+def shard_owner(n_items: int | None, shard_size: int, world_size: int) -> Callable[[int], int]:
+    """shard → the rank that writes it. With the stream's length known, rank r takes the r-th of
+    `world_size` contiguous, equal runs of shards, so that it reads the row groups of its own run
+    only (round robin would make every rank touch nearly every row group); unknown: shard % world_size.
+    A shard's number and content never depend on the world size, so any world size resumes any run."""
+    if world_size <= 1:
+        return lambda shard: 0
+    if n_items is None:
+        return lambda shard: shard % world_size
+    n_shards = max(1, -(-n_items // shard_size))
+    return lambda shard: min(shard, n_shards - 1) * world_size // n_shards
+
+
 def iter_shards(
     spec: SourceSpec, shard_size: int, rank: int = 0, world_size: int = 1, skip: frozenset[int] = frozenset(),
     verify: Mapping[int, str] | None = None, run: str = "",
 ) -> Iterator[tuple[int, list[SourceItem]]]:
-    """This rank's shards, in order, without the skipped ones. Other items are passed over unread.
+    """This rank's shards (`shard_owner`), in order, without the skipped ones. Other ranks' items are
+    listed (ids, text, tiers) but their audio is never read; the stream stops after this rank's last shard.
 
     `verify` (shard → ids_sha256 of its commit, for committed shards of `run`, all in `skip`): each of those
     shards must still list the same utterance ids, and the stream must still reach it; otherwise
     CorpusChanged, raised before this rank yields a shard (a committed shard that comes after one
     this rank redoes is checked in a first pass over the ids), so nothing is ever mixed."""
     verify = {shard: sha for shard, sha in (verify or {}).items() if sha}
-    first_todo = next(s for s in count(rank, world_size) if s not in skip)
-    if any(shard > first_todo for shard in verify):
+    n_items = count_items(spec) if world_size > 1 else None
+    owner = shard_owner(n_items, shard_size, world_size)
+    last = None if n_items is None else -(-n_items // shard_size) - 1  # the stream's last shard
+    mine = (s for s in (count() if last is None else range(last + 1)) if owner(s) == rank and s not in skip)
+    first_todo = next(mine, None)
+    if first_todo is not None and any(shard > first_todo for shard in verify):
         log.info("run %r: checking the ids of %d committed shards before redoing shard %d", run, len(verify),
                  first_todo)
+        last_committed = max(verify)
         for shard, items in groupby(iter_items(spec), key=lambda it: it.index // shard_size):
-            if shard > max(verify):
+            if shard > last_committed:  # (`_verify_shard` empties `verify` as it goes)
                 break
             _verify_shard(run, shard, items, verify)
         _verify_reached(run, verify)
         verify = {}
+    my_last = None if last is None else max((s for s in range(last + 1) if owner(s) == rank), default=-1)
     for shard, items in groupby(iter_items(spec), key=lambda it: it.index // shard_size):
+        if my_last is not None and shard > my_last and shard > max(verify, default=-1):
+            break  # the rest belongs to later ranks and holds nothing to verify
         if shard in verify:
             _verify_shard(run, shard, items, verify)
             continue
-        if shard % world_size != rank or shard in skip:
+        if owner(shard) != rank or shard in skip:
             for _ in items:
                 pass
             continue
@@ -157,6 +196,15 @@ def corpus_fingerprint(spec: SourceSpec) -> str | None:
     out, links to folders followed); the embedded corpus: sha256 of its data files' bytes; a Hub id:
     the dataset's commit sha, or None where the Hub cannot say (offline): then the per-shard ids
     check of `iter_shards` is the only guard."""
+    own = _corpus_fingerprint(spec)
+    if not spec.alignments:
+        return own
+    tree = Path(spec.alignments)
+    listing = [[rel, st.st_size, st.st_mtime_ns] for rel, st in _walk_files(tree)] if tree.exists() else None
+    return f"{own}+alignments:{fingerprint(listing)}" if own and listing is not None else None
+
+
+def _corpus_fingerprint(spec: SourceSpec) -> str | None:
     if spec.format == "embedded":
         digest = hashlib.sha256()
         for path in sorted(EMBEDDED_DATA.glob("*.parquet")):
@@ -170,6 +218,9 @@ def corpus_fingerprint(spec: SourceSpec) -> str | None:
         return "files-sha256:" + fingerprint(listing)
     if spec.format != "hf":
         return None  # a folder that does not exist: the reader says so
+    if hub_offline():
+        snapshot = hub_snapshot(spec.corpus)  # the cached snapshot's folder is named by its commit sha
+        return "hub:" + Path(snapshot).name if snapshot else None
     try:
         from huggingface_hub import HfApi
 
@@ -298,7 +349,8 @@ def ingest(
     facts = ensure_run_facts(wh, run, {**spec.facts(), "shard_size": shard_size,
                                        "corpus_fingerprint": corpus_fingerprint(spec)})
     done = committed_ids(wh, run, keys.INGEST)
-    counts = {"shards": 0, "utterances": 0, "quarantined": 0, "segments": 0, "skipped_shards": len(done)}
+    counts = {"shards": 0, "utterances": 0, "quarantined": 0, "segments": 0, "skipped_shards": len(done),
+              "reasons": {}}
     for shard, items in iter_shards(spec, shard_size, rank, world_size, frozenset(done), verify=done, run=run):
         prepared, bad = prepare_shard(items, keys.INGEST)
         files = write_corpus_tables(wh, run, shard, prepared, bad)
@@ -308,6 +360,8 @@ def ingest(
         counts["shards"] += 1
         counts["utterances"] += len(prepared)
         counts["quarantined"] += len(bad)
+        for row in bad:
+            counts["reasons"][row.reason] = counts["reasons"].get(row.reason, 0) + 1
         counts["segments"] += files[1].rows
     return counts
 
@@ -322,12 +376,18 @@ class IngestConfig:
     split: str | None = field(default=None, metadata={"help": "one split only (default: every split)"})
     id_column: str = field(default="id", metadata={"help": ID_COLUMN_HELP})
     limit: int | None = field(default=None, metadata={"help": "only the first N items of the stream"})
+    alignments: str | None = field(default=None, metadata={"help": ALIGNMENTS_HELP})
     warehouse: str = "storage"
     shard_size: int = field(default=SHARD_SIZE, metadata={"help": f"utterances per shard (default {SHARD_SIZE})"})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def spec(self) -> SourceSpec:
-        return SourceSpec(self.format, self.corpus, self.split, self.id_column, self.limit)
+        return source_spec(self)
+
+
+def source_spec(cfg) -> SourceSpec:
+    """The corpus a stage's config names (its fields format, corpus, split, id_column, limit, alignments)."""
+    return SourceSpec(cfg.format, cfg.corpus, cfg.split, cfg.id_column, cfg.limit, getattr(cfg, "alignments", None))
 
 
 @dataclass
@@ -337,8 +397,10 @@ class IngestResult:
 
     def summary(self) -> str:
         c = self.counts
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(c.get("reasons", {}).items()))
         return (f"ingest {self.run}: {c['utterances']} utterances, {c['segments']} segments, "
-                f"{c['quarantined']} quarantined, {c['shards']} shards written ({c['skipped_shards']} already committed)")
+                f"{c['quarantined']} quarantined{f' ({reasons})' if reasons else ''}, {c['shards']} shards written "
+                f"({c['skipped_shards']} already committed)")
 
 
 def run(cfg: IngestConfig) -> IngestResult:

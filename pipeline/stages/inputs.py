@@ -23,13 +23,19 @@ def extracted_facts(wh: Warehouse, run: str) -> dict:
 
 
 def chosen_layers(facts: dict, run: str, layers: str = "all") -> list[int]:
-    """The layers `layers` names ('all', '-1,6,12', '8-12') among those extracted for `run` (`facts`:
+    """The layers `layers` names ('all', '-1,6,12', '8-12', 'mel' or -2 for the log-mel layer) among those extracted for `run` (`facts`:
     from extracted_facts); a layer that was not extracted is an error."""
     from pipeline.model import parse_layers  # loads torch
 
     if layers == "all":
         return list(facts["layers"])
-    wanted = parse_layers(layers, facts.get("model", {}).get("num_layers", max(facts["layers"])))
+    from pipeline.algorithms.logmel import MEL_LAYER
+
+    parts = [p.strip() for p in str(layers).split(",") if p.strip()]
+    mel = [MEL_LAYER] if any(p.lower() in ("mel", str(MEL_LAYER)) for p in parts) else []  # the log-mel layer
+    rest = [p for p in parts if p.lower() not in ("mel", str(MEL_LAYER))]
+    wanted = sorted(mel + (parse_layers(",".join(rest), facts.get("model", {}).get("num_layers", max(facts["layers"])))
+                           if rest else []))
     missing = sorted(set(wanted) - set(facts["layers"]))
     if missing:
         raise ValueError(f"layers {missing} were not extracted for run {run!r} (it has {facts['layers']})")

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.algorithms import ctc
 from pipeline.warehouse import keys, schemas
@@ -247,7 +246,7 @@ def _corpus_tiers(wh: Warehouse, records: dict) -> set[str]:
         if stage in keys.CORPUS_STAGES:
             for f in rec["files"]:
                 if f["path"].startswith("segments/"):
-                    tiers.update(pq.read_table(wh.root / f["path"], columns=["tier"])["tier"].unique().to_pylist())
+                    tiers.update(wh.read_table(f["path"], columns=["tier"])["tier"].unique().to_pylist())
     return tiers
 
 
@@ -301,7 +300,7 @@ def labels(run: str, model: str, warehouse: str = "storage", source: str = "gree
     if facts is None:
         raise ValueError(f"run {run!r} has no facts in {wh.root}: extract (or ingest) it first; known runs: "
                          f"{', '.join(wh.runs()) or 'none'}")
-    cm = load_ctc_model(model, device, cache_dir=wh.root / "_models")
+    cm = load_ctc_model(model, device, cache_dir=wh.cache_dir("_models"))
     recorded = facts.get("geometry")
     if recorded is not None and recorded != cm.geometry.as_dict():
         raise ValueError(f"{model}: frame geometry {cm.geometry.as_dict()} differs from run {run!r}'s {recorded}; "
@@ -378,7 +377,7 @@ def _kept_utterances(wh: Warehouse, run: str) -> dict[str, tuple[int, str | None
     """utterance_id → (n_samples, text) of every committed utterance of the run."""
     out: dict[str, tuple[int, str | None]] = {}
     for path in wh.committed_files("utterances", run):
-        t = pq.read_table(wh.root / path, columns=["utterance_id", "n_samples", "text"]).to_pydict()
+        t = wh.read_table(path, columns=["utterance_id", "n_samples", "text"]).to_pydict()
         out.update(zip(t["utterance_id"], zip(t["n_samples"], t["text"])))
     return out
 

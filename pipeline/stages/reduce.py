@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.algorithms.reduction import StreamingPCA, per_label_for, tsne_2d, umap_2d
 from pipeline.sql import query
-from pipeline.stages.analyze import layer_files, vectors
+from pipeline.stages.analyze import layer_files
 from pipeline.stages.inputs import chosen_layers, extracted_facts
 from pipeline.warehouse import Warehouse, fingerprint, keys
+from pipeline.warehouse.vectors import decode as vectors
 from pipeline.warehouse.schemas import REDUCTIONS, check_tier_name
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,13 @@ def fit_pca(wh: Warehouse, run: str, layer: int, n_components: int = 50,
     files = layer_files(wh, run, layer)
     if not files:
         raise ValueError(f"run {run!r} has no committed frames of layer {layer} in {wh.root}: run `extract` first")
-    key = fingerprint([str(wh.root.resolve()), run, layer, n_components,
-                       [(f, (wh.root / f).stat().st_mtime_ns) for f in files]])
+    key = fingerprint([wh.uri(""), run, layer, n_components, [wh.file_version(f) for f in files]])
     if key in _pca_cache:
         return _pca_cache[key]
     pca = StreamingPCA(n_components)
     for path in files:
-        for batch in pq.ParquetFile(wh.root / path).iter_batches(batch_size=batch_frames, columns=["vector"]):
-            pca.partial_fit(vectors(batch.column("vector")))
+        for batch in wh.parquet_file(path).iter_batches(batch_size=batch_frames, columns=["vector"]):
+            pca.partial_fit(vectors(batch.column("vector"), stored=batch.schema.field("vector")))
     if pca.n_samples_seen_ < 2:
         raise ValueError(f"run {run!r} layer {layer}: {pca.n_samples_seen_} frames, too few for a PCA")
     _pca_cache[key] = pca.finish()

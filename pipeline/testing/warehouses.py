@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.warehouse import Warehouse
+from pipeline.warehouse import Warehouse, vectors
 from pipeline.warehouse.schemas import UTTERANCES, frames_schema
 
 SYNTHETIC_PHONES = ["sil", "a", "i:", "s", "t", "n", "l", "D"]  # espeak-ng mnemonics: classes from the embedded JSON
@@ -58,7 +58,10 @@ def make_frames_warehouse(root: Path, run: str = "syn", layers=(-1, 0, 1, 2), n_
                              + rng.standard_normal(dim))
                     rows.append({"utterance_id": uid, "frame": f, "time_s": (320 * f + 200) / 16000, "phone": p,
                                  "word": None if p in (None, "sil") else "w", "vector": np.asarray(v, np.float16)})
-            table = pa.Table.from_pylist(rows, schema=frames_schema(dim, "float16"))
+            matrix = np.stack([row.pop("vector") for row in rows]) if rows else np.zeros((0, dim), np.float16)
+            schema = frames_schema(dim, "float16")
+            table = pa.Table.from_pylist(rows, schema=schema.remove(schema.get_field_index("vector")))
+            table = table.append_column(schema.field("vector"), vectors.encode(matrix, "float16"))
             files.append(wh.write("frames", table, run, shard, layer=layer))
         wh.commit(run, "extract", shard, files)
     return root

@@ -14,8 +14,9 @@ layer for the per-layer ones (`layer_shard`, `shard_layer`: call sites say `laye
     transcripts.disagreement.<rule>          shard: 0
     metadata.<file name>.<path hash>         shard: 0 (before files were keyed by path: metadata.<file name>)
 
-These names are on disk (`_commits/run=<run>/<stage>.rank<r>.jsonl`), and resume and every reader
-look them up, so they never change. A commit records the hash of its parameters as `params_sha256`;
+These names are on disk (`_commits/run=<run>/<stage>/<shard>.<generation>.json`; before commit objects,
+`_commits/run=<run>/<stage>.rank<r>.jsonl`), and resume and every reader look them up, so they never
+change. A stage name never holds '/'. A commit records the hash of its parameters as `params_sha256`;
 older ones called it `params` (analyze, transcripts) or `fingerprint` (reduce, compare), which
 `params_sha256(record)` reads too.
 """

@@ -13,6 +13,16 @@ stopped or hung), or whose members on this host are all dead, may be taken over:
 the next token. The old holder then finds another token in the lease at its next commit and raises
 `LeaseLost` instead of writing (the warehouse checks under the mutex, at the moment of writing).
 Expiry compares wall clocks: hosts sharing a warehouse need clocks in sync to well under the TTL.
+
+On an object store (s3://) there is no flock: the lease is one object, `_locks/run=<run>.json`, and
+every change is a conditional write (`If-Match` on the ETag read, `If-None-Match: *` to create), so
+two jobs that both see a stale lease cannot both take it: one write fails and that job re-reads.
+Releasing leaves the object marked released, so tokens only grow. A commit checks the lease just
+before creating its commit object, but the check and the create are two requests: a holder stopped
+between them can still create its commit after a takeover. Such a commit carries the old token, and
+readers never let it supersede a commit of a newer token (Warehouse._newer): the new holder's work
+always wins; what can land is a stale holder's complete, verified shard of the same run facts that
+the new holder has not committed yet, which the new holder's own commit of that shard supersedes.
 """
 
 from __future__ import annotations
@@ -83,12 +93,13 @@ def _iso(t: float) -> str:
 @dataclass
 class Lease:
     """This process's share of a run's lock."""
-    root: Path
+    root: Path | str
     run: str
     job: str
     command: str
     token: int
     lost: bool = False
+    store: object | None = None  # an object store's pipeline.warehouse.fs.Store; None: a local folder
     pid: int = field(default_factory=os.getpid)  # a forked child inherits the registry, not the lease
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -98,8 +109,10 @@ class Lease:
         return _paths(self.root, self.run)[0]
 
     def check(self, doing: str = "write") -> None:
-        """Raise LeaseLost unless the lease on disk still carries our token. Call under `_mutex`."""
-        holder = _read(self.path)
+        """Raise LeaseLost unless the lease on disk still carries our token. Call under `_mutex` (locally)."""
+        holder = _read(self.path) if self.store is None else _remote_read(self.store, self.run)[0]
+        if holder and holder.get("released"):
+            holder = None
         if holder is None or holder.get("token") != self.token:
             self.lost = True
             now = (f"job {holder['job']} ({holder['command']}, pid {holder['pid']} on {holder['host']}, "
@@ -242,18 +255,27 @@ def _release(lease: Lease) -> None:
             lease.path.unlink()
 
 
+def _key(root: Path | str, run: str) -> tuple[str, str]:
+    return (root if isinstance(root, str) and "://" in root else str(Path(root).resolve())), run
+
+
 @contextmanager
-def hold(root: Path, run: str, command: str, wait: bool = False, timeout_s: float | None = None) -> Iterator[Lease]:
+def hold(root: Path | str, run: str, command: str, wait: bool = False, timeout_s: float | None = None,
+         store=None) -> Iterator[Lease]:
     """Hold the run's lock for the `with` block: refuse at once (RunLocked) if another job holds it,
     or poll until it is free with `wait` (RunLocked after `timeout_s`, if given)."""
-    key = (str(Path(root).resolve()), run)
+    key = _key(root, run)
     lease = held(root, run)
     if lease is not None:  # nested in a block of this process that holds it already
         yield lease
         return
+    remote = store if store is not None and getattr(store, "remote", False) else None
     job, started = job_id(), time.monotonic()
     while True:
-        token, holder = _try_acquire(Path(root), run, command, job)
+        if remote is not None:
+            token, holder = _remote_try_acquire(remote, run, command, job)
+        else:
+            token, holder = _try_acquire(Path(root), run, command, job)
         if token is not None:
             break
         if not wait:
@@ -261,8 +283,9 @@ def hold(root: Path, run: str, command: str, wait: bool = False, timeout_s: floa
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise RunLocked(f"waited {timeout_s:g} s; " + _describe(holder, run, Path(root)))
         time.sleep(min(1.0, ttl_s() / 6))
-    lease = Lease(Path(root), run, job, command, token)
-    lease._thread = threading.Thread(target=_renew, args=(lease,), name=f"lock-renew-{run}", daemon=True)
+    lease = Lease(Path(root) if remote is None else root, run, job, command, token, store=remote)
+    renew = _renew if remote is None else _remote_renew
+    lease._thread = threading.Thread(target=renew, args=(lease,), name=f"lock-renew-{run}", daemon=True)
     lease._thread.start()
     with _HELD_LOCK:
         _HELD[key] = lease
@@ -272,12 +295,12 @@ def hold(root: Path, run: str, command: str, wait: bool = False, timeout_s: floa
         lease._stop.set()
         with _HELD_LOCK:
             _HELD.pop(key, None)
-        _release(lease)
+        _release(lease) if remote is None else _remote_release(lease)
 
 
-def held(root: Path, run: str) -> Lease | None:
+def held(root: Path | str, run: str) -> Lease | None:
     """This process's lease on the run, if it holds one."""
-    lease = _HELD.get((str(Path(root).resolve()), run))
+    lease = _HELD.get(_key(root, run))
     return lease if lease is not None and lease.pid == os.getpid() else None
 
 
@@ -296,9 +319,83 @@ def fence(root: Path, run: str, doing: str):
 
 @contextmanager
 def _fenced(lease: Lease, doing: str) -> Iterator[Lease]:
+    if lease.store is not None:  # no mutex on an object store: the token in the commit is the fence
+        lease.check(doing)
+        yield lease
+        return
     with _mutex(lease.root, lease.run):
         lease.check(doing)
         yield lease
+
+
+# ---------------------------------------------------------------- the lease as one object (s3://)
+def _remote_rel(run: str) -> str:
+    return f"_locks/run={run}.json"
+
+
+def _remote_read(store, run: str) -> tuple[dict | None, str | None]:
+    data, tag = store.read_tagged(_remote_rel(run))
+    if data is None:
+        return None, None
+    try:
+        return json.loads(data), tag
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}, tag  # unreadable: a stale lease
+
+
+def _remote_try_acquire(store, run: str, command: str, job: str) -> tuple[int | None, dict | None]:
+    """Like _try_acquire, with a conditional write instead of the mutex: a lost write re-reads."""
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    for _ in range(50):
+        now, ttl = time.time(), ttl_s()
+        holder, tag = _remote_read(store, run)
+        live = holder and not holder.get("released") and not _stale(holder, now)
+        if live and holder.get("job") == job:
+            new = {**holder, "members": [*holder.get("members", []), me], "expires": now + ttl}
+            if store.replace(_remote_rel(run), json.dumps(new, sort_keys=True).encode(), tag):
+                return holder["token"], None
+            continue
+        if live:
+            return None, holder
+        if holder and not holder.get("released"):
+            log.warning("run %r: taking over a stale lock of %r (pid %s on %s, job %s, lease expired %s)",
+                        run, holder.get("command"), holder.get("pid"), holder.get("host"), holder.get("job"),
+                        _iso(holder.get("expires", 0)))
+        token = (holder or {}).get("token", 0) + 1
+        new = {"job": job, "command": command, "token": token, "started": now, "expires": now + ttl,
+               "pid": me["pid"], "host": me["host"], "members": [me]}
+        if store.replace(_remote_rel(run), json.dumps(new, sort_keys=True).encode(), tag):
+            return token, None
+    raise RunLocked(f"run {run!r} in {store.url}: the lock object kept changing under 50 attempts; retry")
+
+
+def _remote_renew(lease: Lease) -> None:
+    while not lease._stop.wait(ttl_s() / 3):
+        try:
+            holder, tag = _remote_read(lease.store, lease.run)
+            if not holder or holder.get("released") or holder.get("token") != lease.token:
+                lease.lost = True
+                log.error("run %r: lost the lock (token %d): the next commit will be refused", lease.run, lease.token)
+                return
+            holder["expires"] = time.time() + ttl_s()
+            if not lease.store.replace(_remote_rel(lease.run), json.dumps(holder, sort_keys=True).encode(), tag):
+                log.info("run %r: the lease changed while renewing (a member joined or left); retrying", lease.run)
+        except Exception as err:  # noqa: BLE001 - a failed renewal is retried; expiry is the fallback
+            log.warning("run %r: could not renew the lock: %s", lease.run, err)
+
+
+def _remote_release(lease: Lease) -> None:
+    """Leave the lease; the last member marks it released (the object stays: tokens only grow)."""
+    me = (os.getpid(), socket.gethostname())
+    for _ in range(50):
+        holder, tag = _remote_read(lease.store, lease.run)
+        if not holder or holder.get("token") != lease.token or holder.get("released"):
+            return
+        members = [m for m in holder.get("members", []) if (m["pid"], m["host"]) != me]
+        new = {**holder, "members": members} if members else {"token": lease.token, "released": True,
+                                                               "released_at": time.time()}
+        if lease.store.replace(_remote_rel(lease.run), json.dumps(new, sort_keys=True).encode(), tag):
+            return
 
 
 def command_line() -> str:

@@ -10,6 +10,8 @@ import re
 
 import pyarrow as pa
 
+from pipeline.warehouse import vectors
+
 SCHEMA_VERSION = 1
 
 # A label tier's name goes into file names and Hive partitions (`tier=<name>`): letters, digits,
@@ -73,7 +75,7 @@ FRAMES = pa.schema(
         ("time_s", pa.float32()),  # frame centre: (hop * frame + receptive_field / 2) / 16000
         ("phone", pa.string()),  # label of the phone interval holding the centre; null outside
         ("word", pa.string()),
-        ("vector", pa.list_(pa.float32())),  # stored as a fixed-size list of the layer's width: frames_schema
+        ("vector", pa.list_(pa.float32())),  # stored as fixed-size binary (vectors.py): frames_schema
     ]
 )
 
@@ -87,10 +89,27 @@ CLUSTERS = pa.schema(
 )
 CENTROIDS = pa.schema(
     [("cluster", pa.int32()), ("size", pa.int64()),
-     ("vector", pa.list_(pa.float32())),  # stored as a fixed-size list of the layer's width: centroids_schema
+     ("vector", pa.list_(pa.float32())),  # stored as fixed-size binary float32 (vectors.py): centroids_schema
      ("tier", pa.string())]
 )
-METRICS = pa.schema([("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64())])
+# value: null when undefined (null_reason says why). ci_low/ci_high: the 95 % interval (speaker bootstrap;
+# ci_method 'bca' | 'basic', or 'speaker-grouped bca|basic' for the probe), null when none. seed_sd: the
+# standard deviation over `--seeds N` k-means restarts (value is their mean; null with n_seeds 1).
+# k = 0 rows are not clusterings: the CCA measures cca_phone, cca_word, cca_mel. Files written before
+# intervals hold metric, value, n only: the rest reads as null.
+METRICS = pa.schema([("metric", pa.string()), ("value", pa.float64()), ("n", pa.int64()),
+                     ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("ci_method", pa.string()),
+                     ("n_resamples", pa.int64()), ("null_reason", pa.string()), ("seed_sd", pa.float64()),
+                     ("n_seeds", pa.int64())])
+# One paired comparison of a metric: two adjacent layers of one run (analyze; other_run = run) or one
+# layer of two runs over the same frames (compare). diff = value − other_value; its 95 % interval from
+# a paired bootstrap (the same speakers drawn for both); significant: the interval excludes 0.
+METRIC_DIFFERENCES = pa.schema([
+    ("other_run", pa.string()), ("layer", pa.int64()), ("other_layer", pa.int64()), ("tier", pa.string()),
+    ("k", pa.int64()), ("metric", pa.string()), ("value", pa.float64()), ("other_value", pa.float64()),
+    ("diff", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("significant", pa.bool_()),
+    ("ci_method", pa.string()), ("n_resamples", pa.int64()), ("null_reason", pa.string()),
+])
 CLUSTER_LABELS = pa.schema(
     [("cluster", pa.int32()), ("label", pa.string()), ("count", pa.int64()), ("cluster_size", pa.int64()),
      ("share", pa.float64())]
@@ -142,8 +161,9 @@ FRAME_DISAGREEMENT = pa.schema([
     ("n_references", pa.int8()),
 ])
 
-# Every table, by its folder name. `frames` and `centroids` store `vector` as a fixed-size list of the
-# layer's width (frames_schema, centroids_schema); here it is the variable list every reader sees.
+# Every table, by its folder name. `frames` and `centroids` store `vector` as fixed-size binary of the
+# layer's width (frames_schema, centroids_schema; pipeline/warehouse/vectors.py); here it is the FLOAT[]
+# every reader of the views sees.
 TABLES = {
     "utterances": UTTERANCES,
     "utterance_attributes": UTTERANCE_ATTRIBUTES,
@@ -153,6 +173,7 @@ TABLES = {
     "clusters": CLUSTERS,
     "centroids": CENTROIDS,
     "metrics": METRICS,
+    "metric_differences": METRIC_DIFFERENCES,
     "cluster_labels": CLUSTER_LABELS,
     "group_metrics": GROUP_METRICS,
     "reductions": REDUCTIONS,
@@ -182,23 +203,24 @@ VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
 def _with_vector(schema: pa.Schema, dim: int, dtype: str) -> pa.Schema:
-    return schema.set(schema.get_field_index("vector"), pa.field("vector", pa.list_(VECTOR_DTYPES[dtype], dim)))
+    return schema.set(schema.get_field_index("vector"), vectors.field(dim, dtype))
 
 
 def frames_schema(dim: int, dtype: str) -> pa.Schema:
-    """One row per frame of one layer. `vector` is a fixed-size list (float16 halves the bytes)."""
+    """One row per frame of one layer. `vector`: `dim` little-endian float16 (or float32) values as
+    fixed-size binary, its field metadata saying which (pipeline/warehouse/vectors.py)."""
     return _with_vector(FRAMES, dim, dtype)
 
 
 def centroids_schema(dim: int) -> pa.Schema:
-    """One row per cluster of one k-means: its centre as a fixed-size float32 list of the layer's width."""
+    """One row per cluster of one k-means: its centre as `dim` float32 values, stored as frames' vectors are."""
     return _with_vector(CENTROIDS, dim, "float32")
 
 
 def empty_view_schema(table: str) -> pa.Schema:
     """The columns a view shows before any file of `table` is committed, as DuckDB shows them after: the
     file's, then `run` and the partitions sorted by name (DuckDB's order for Hive partitions); a
-    fixed-size list of any float width reads as FLOAT[], as TABLES declares it."""
+    stored vector reads as FLOAT[] through the views, as TABLES declares it."""
     schema = TABLES[table]
     for name, typ in sorted([("run", pa.string()), *PARTITIONS.get(table, [])], key=lambda column: column[0]):
         schema = schema.append(pa.field(name, typ))
@@ -212,6 +234,8 @@ COLUMN_NOTES = {
     ("utterance_attributes", "value"): "from `metadata`; read before `utterances.metadata`",
     ("frames", "vector"): "float16[D]; DuckDB reads FLOAT[]",
     ("centroids", "vector"): "float32[D]",
+    ("metrics", "ci_low"): "95 %; null: see null_reason",
+    ("metric_differences", "diff"): "value − other_value",
 }
 
 

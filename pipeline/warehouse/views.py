@@ -4,13 +4,22 @@
     .read storage/views.sql                   inside a duckdb session, or DBeaver's "execute script"
     duckdb.sql(open("storage/views.sql").read())
 
-The script names each committed file by its absolute path, so it reads exactly what the commit log
-names: a file renamed into place by a job that died before its commit is never read (a glob over
-the table's folder would read it). It also holds the empty views (a table without files yet still
+The script names each committed file by its absolute path (or URL), so it reads exactly what the
+commit records name: a file written by a job that died before its commit is never read (a glob over
+the table's folder would read it). The records come from each run's manifest and the commit objects
+newer than it: building the script opens no data file, and files of one recorded schema are read by
+one `read_parquet` without `union_by_name` (which would open every footer at each query). DuckDB
+binds every file a view names at each query (~50-180 µs a file here), so `Warehouse.connect(runs=,
+layers=)` builds views over those runs and layers only (pipeline.warehouse.scope proves which a query
+reads). It also holds the empty views (a table without files yet still
 has its columns), `runs` (each run's facts as a JSON literal), `run_geometry` and the `frame_labels`
-macro. `refresh` keeps a copy at the warehouse root (`<warehouse>/views.sql`), rewritten atomically
-from every run's commits at the end of each writing command; a file deleted after that is named by
-DuckDB's error (run `python -m pipeline check`).
+macro. It starts with the `pipeline_vector` macro (pipeline/warehouse/vectors.py): files whose `vector`
+is stored as fixed-size binary are read through it, so every view shows `vector` as FLOAT[]; files of
+older warehouses (float16 lists) are read as they are, in the same view. Warehouse.connect() points
+that name at a vectorized numpy function (vectors.register) after running the script. `refresh`
+keeps a copy at the warehouse root (`<warehouse>/views.sql`), rewritten atomically from every
+run's commits at the end of each writing command; a file deleted after that is named by DuckDB's
+error (run `python -m pipeline check`).
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import pyarrow as pa
 
+from pipeline.warehouse import vectors
 from pipeline.warehouse.schemas import REASONS, TABLES, empty_view_schema
 from pipeline.sql import SQL_DIR
 from pipeline.warehouse import DamagedFacts, Warehouse, _fsync_dir
@@ -48,34 +59,86 @@ def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _table_files(wh: Warehouse, run: str | None) -> dict[str, list[str]]:
-    """Committed files per table (paths relative to the root), every table of pipeline.warehouse.schemas included."""
-    tables: dict[str, set[str]] = {name: set() for name in TABLES}
-    for rec in wh.commits(run).values():
+def _table_files(records: dict, layers: list[int] | None, exclude: set[str] | None = None) -> dict[str, list[dict]]:
+    """Committed files per table (their commit entries: path relative to the root, rows, bytes, vector,
+    schema), every table of pipeline.warehouse.schemas included; with `layers`, a per-layer table's files
+    of those layers only; never the files in `exclude`."""
+    tables: dict[str, dict[str, dict]] = {name: {} for name in TABLES}
+    keep = None if layers is None else tuple(f"/layer={layer}/" for layer in layers)
+    for rec in records.values():
         for f in rec["files"]:
-            tables.setdefault(f["path"].split("/", 1)[0], set()).add(f["path"])
-    return {name: sorted(files) for name, files in sorted(tables.items())}
+            path = f["path"]  # substring tests: this loop sees every file of a run (61,530 for LibriSpeech 960 h)
+            if keep is not None and "/layer=" in path and not any(k in path for k in keep):
+                continue
+            if exclude and path in exclude:
+                continue
+            tables.setdefault(path[:path.index("/")], {})[path] = f
+    return {name: [files[p] for p in sorted(files)] for name, files in sorted(tables.items())}
 
 
-def _files_view(name: str, root: Path, files: list[str]) -> str:
-    paths = ",\n    ".join(sql_string((root / p).as_posix()) for p in files)
-    return (f"create or replace view {_identifier(name)} as select * from read_parquet([\n    {paths}\n], "
-            "hive_partitioning = true, union_by_name = true);")
+def _vector_kind(wh: Warehouse, table: str, f: dict) -> str | None:
+    """'float16' / 'float32' for a file whose `vector` is stored binary (the views decode it), None for a file
+    without one or with a list vector (older files, read as they are). The commit says which
+    (pipeline.warehouse._vector_spec); a commit from before that is answered by the file's schema."""
+    if "vector" not in TABLES.get(table, pa.schema([])).names and f.get("vector") is None:
+        return None
+    spec = f.get("vector")
+    if spec is not None:
+        return None if spec.startswith("list:") else spec.split("[", 1)[0]
+    return _schema_kind(wh, f["path"], f.get("bytes"))
+
+
+@functools.lru_cache(maxsize=65536)
+def _schema_kind(wh: Warehouse, rel: str, size: int | None) -> str | None:
+    try:
+        schema = wh.parquet_file(rel).schema_arrow
+    except (OSError, pa.ArrowInvalid):
+        return None  # DuckDB names a missing or unreadable file at the first query that reads it
+    if "vector" not in schema.names or not vectors.is_binary(schema.field("vector")):
+        return None
+    dim, dtype = vectors.type_of(schema.field("vector"))
+    if dim < 0:
+        raise ValueError(f"{rel}: its `vector` column is {dtype}; rerun the stage that wrote it with --overwrite")
+    return dtype
+
+
+def _files_view(wh: Warehouse, name: str, files: list[dict]) -> str:
+    """The view over a table's files, one read_parquet per (vector kind, schema): binary vectors decoded by
+    pipeline_vector, list vectors (older warehouses) read as they are, united by column name. Files of
+    one recorded schema hash are read without union_by_name (which opens every footer at each query)."""
+    root = wh.root.resolve() if not wh.remote else None
+    groups: dict[tuple[str, str], list[str]] = {}
+    for f in files:
+        key = (_vector_kind(wh, name, f) or "", f.get("schema") or "")
+        groups.setdefault(key, []).append(f["path"])
+    selects = []
+    for (kind, schema), group in sorted(groups.items()):
+        paths = ",\n    ".join(sql_string((root / p).as_posix() if root is not None else wh.uri(p)) for p in group)
+        union = "" if schema else ", union_by_name = true"  # one schema hash: one schema; groups unite by name
+        source = f"read_parquet([\n    {paths}\n], hive_partitioning = true{union})"
+        selects.append(f"select {vectors.view_select(kind)} from {source}" if kind else f"select * from {source}")
+    return f"create or replace view {_identifier(name)} as {' union all by name '.join(selects)};"
+
+
+@functools.lru_cache(maxsize=1)
+def _types_connection() -> duckdb.DuckDBPyConnection:
+    """One connection for reading Arrow types as DuckDB's (a connection per table cost ~40 ms each)."""
+    return duckdb.connect()
 
 
 @functools.lru_cache(maxsize=None)
 def _empty_view(name: str) -> str:
     """A view with the table's columns and no rows; the DuckDB types are those DuckDB reads the Arrow schema as."""
     schema = empty_view_schema(name)
-    rel = duckdb.connect().from_arrow(schema.empty_table())
+    rel = _types_connection().from_arrow(schema.empty_table())
     columns = ", ".join(f"cast(null as {typ}) as {_identifier(col)}" for col, typ in zip(rel.columns, rel.types))
     return f"create or replace view {_identifier(name)} as select {columns} where false;"
 
 
-def _runs_view(wh: Warehouse, run: str | None) -> str:
+def _runs_view(wh: Warehouse, runs: list[str] | None) -> str:
     """`runs(run, facts json)`: a run whose facts file is damaged is left out with a warning, as in connect()."""
     rows = []
-    for r in [run] if run else wh.runs():
+    for r in wh.runs() if runs is None else runs:
         try:
             facts = wh.read_facts(r)
         except DamagedFacts as err:
@@ -92,26 +155,31 @@ def _runs_view(wh: Warehouse, run: str | None) -> str:
             "t(run, facts);")
 
 
-def views_sql(wh: Warehouse, run: str | None = None) -> str:
-    """The script that creates every view of the warehouse (of one `run` only, if given) in a DuckDB session."""
-    root = wh.root.resolve()
-    if run is not None and run not in wh.runs() and not wh.commits(run):
+def views_sql(wh: Warehouse, run: str | None = None, runs: list[str] | None = None,
+              layers: list[int] | None = None, exclude: set[str] | None = None) -> str:
+    """The script that creates every view of the warehouse in a DuckDB session: of one `run` only, or of
+    `runs` only, and with `layers` only those layers' files of per-layer tables (what one query reads)."""
+    if run is not None and run not in wh.runs() and not wh.commit_records(run):
         known = ", ".join(wh.runs()) or "none"
         raise ValueError(f"no run {run!r} in {wh.root} (runs: {known})")
+    chosen = [run] if run is not None else None if runs is None else sorted(set(runs))
+    records = wh.commit_records() if chosen is None else {
+        key: rec for r in chosen for key, rec in wh.commit_records(r).items()}
+    where = wh.root.resolve().as_posix() if not wh.remote else str(wh.root)
     header = [
-        f"-- The views of the warehouse {root.as_posix()!r}{f' (run {run})' if run else ''}, over its committed files.",
+        f"-- The views of the warehouse {where!r}{f' (run {run})' if run else ''}, over its committed files.",
         "-- Written by `python -m pipeline views`; regenerate it after any writing command. A file that DuckDB",
         "-- reports missing was deleted since: run `python -m pipeline check`.",
     ]
     # relative paths in the user's own SQL resolve against the root; DuckDB splits this setting at commas
-    if "," in root.as_posix():
-        log.warning("warehouse path %s contains a comma: relative paths in your SQL will not resolve", root)
-    else:
-        header.append(f"set file_search_path = {sql_string(root.as_posix())};")
-    body = []
-    for name, files in _table_files(wh, run).items():
-        body.append(_files_view(name, root, files) if files else _empty_view(name))
-    body += [_runs_view(wh, run), FRAME_LABELS_SQL.read_text().strip(), _reasons_view()]
+    if "," in where and not wh.remote:
+        log.warning("warehouse path %s contains a comma: relative paths in your SQL will not resolve", where)
+    elif not wh.remote:
+        header.append(f"set file_search_path = {sql_string(where)};")
+    body = [vectors.macro_sql()]
+    for name, files in _table_files(records, layers, exclude).items():
+        body.append(_files_view(wh, name, files) if files else _empty_view(name))
+    body += [_runs_view(wh, chosen), FRAME_LABELS_SQL.read_text().strip(), _reasons_view()]
     return "\n".join(header) + "\n\n" + "\n\n".join(body) + "\n"
 
 
@@ -150,8 +218,12 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def refresh(wh: Warehouse) -> Path:
-    """Rewrite `<warehouse>/views.sql` from every run's commits; returns its path."""
+def refresh(wh: Warehouse) -> Path | str:
+    """Rewrite `<warehouse>/views.sql` from every run's commits; returns its path (its URL on an object store,
+    where it is one PUT: a reader sees the old script or the new one, and two refreshes at once keep the last)."""
+    if wh.remote:
+        wh.store.put(SCRIPT_NAME, views_sql(wh).encode())
+        return wh.uri(SCRIPT_NAME)
     path = wh.root / SCRIPT_NAME
     with _mutex(wh.root):
         write_atomic(path, views_sql(wh))
