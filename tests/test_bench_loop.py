@@ -45,6 +45,10 @@ def test_the_plain_loop_saves_what_the_pipeline_extracts(tiny_folder, tmp_path):
 def test_gpu_bench_without_cuda_says_so(monkeypatch, capsys):
     import torch
 
+    from bench.common import QUIET_ENV
+
+    for name, value in QUIET_ENV.items():  # main() sets them in os.environ: restored after the test
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu.main(["--out", "/nonexistent/never-written.json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

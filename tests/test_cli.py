@@ -185,10 +185,31 @@ def _arguments(p: argparse.ArgumentParser) -> dict[str, tuple]:
             for a in p._actions if not isinstance(a, argparse._HelpAction)}
 
 
+# flags added since the hand-written parser (issues 14 and 16): new, so no old script depends on them
+ADDED = {
+    "analyze": [
+        (('--seeds',), 'seeds', 1, None, None, False, 'int'),
+        (('--no-intervals',), 'intervals', True, None, 0, False, None),
+        (('--n-resamples',), 'n_resamples', 1000, None, None, False, 'int'),
+        (('--no-cca',), 'cca', True, None, 0, False, None),
+        (('--cca-frames',), 'cca_frames', 10000, None, None, False, 'int'),
+        (('--min-word-tokens',), 'min_word_tokens', 5, None, None, False, 'int'),
+    ],
+    "compare": [
+        (('--n-resamples',), 'n_resamples', 1000, None, None, False, 'int'),
+        (('--no-intervals',), 'intervals', True, None, 0, False, None),
+    ],
+    "extract": [(('--alignments',), 'alignments', None, None, None, False, None)],
+    "ingest": [(('--alignments',), 'alignments', None, None, None, False, None)],
+}
+
+
 @pytest.mark.parametrize("command", sorted(HAND_WRITTEN))
 def test_every_flag_survives(command: str) -> None:
+    """Every flag of the hand-written parser keeps its name, default, choices and type; the only others are
+    the ones ADDED names."""
     generated = _arguments(_subparsers(build_parser())[command])
-    assert generated == {row[1]: row for row in HAND_WRITTEN[command]}
+    assert generated == {row[1]: row for row in HAND_WRITTEN[command] + ADDED.get(command, [])}
 
 
 def test_no_command_lost_or_added() -> None:

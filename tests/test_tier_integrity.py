@@ -94,8 +94,8 @@ def test_another_model_writes_a_new_tier_or_replaces_the_old_one_whole(two_model
     assert (counts.shards, counts.utterances) == (2, 4)
     made_by_b = segments_of(wh, "ctc_b")
     assert segments_of(wh, "ctc_greedy") == made_by_a and made_by_b != made_by_a
-    names = sorted(p.name for p in (wh / "segments" / "run=r").glob("ctc_b-*"))
-    assert names == ["ctc_b-00000.parquet", "ctc_b-00001.parquet"]
+    names = sorted(p.name.split(".")[0] for p in (wh / "segments" / "run=r").glob("ctc_b-*"))  # <tier>-<shard>.<writer>
+    assert names == ["ctc_b-00000", "ctc_b-00001"]
     # a corpus tier is never written; a taken tier of another kind (greedy into a forced stage) is refused
     with pytest.raises(TierConflict, match=r"tier\(s\) \['phone'\] come from the corpus"):
         labels("r", str(model_b), warehouse=str(wh), device="cpu", tier_name="phone")
@@ -144,8 +144,8 @@ def test_clusterings_of_two_tiers_with_one_k_are_both_kept(embedded_run):
     assert found == [{"layer": 1, "k": 3, "tier": "phone"}, {"layer": 1, "k": 3, "tier": "word"}]
     word = query(None, "clusters_of", {"run": "emb", "layer": 1, "k": 3, "tier": "word"}, con=con).to_pylist()
     assert len(word) == len(phone_only["clusters"]) and word != phone_only["clusters"]  # two different k-means
-    names = sorted(p.name for p in (embedded_run / "clusters" / "run=emb" / "layer=1" / "k=3").iterdir())
-    assert names == ["phone-00000.parquet", "phone-00001.parquet", "word-00000.parquet", "word-00001.parquet"]
+    names = sorted(p.name.split(".")[0] for p in (embedded_run / "clusters" / "run=emb" / "layer=1" / "k=3").iterdir())
+    assert names == ["phone-00000", "phone-00001", "word-00000", "word-00001"]
     centroids = con.sql("select tier, count(*) from centroids group by tier order by tier").fetchall()
     assert centroids == [("phone", 3), ("word", 3)]
     assert set(run_checks(embedded_run).values()) == {0}

@@ -691,7 +691,7 @@ def analyze(cfg: AnalyzeConfig) -> list[dict]:
     check_tier_name(cfg.tier)
     wh = Warehouse(cfg.warehouse)
     wanted = chosen_layers(extracted_facts(wh, cfg.run), cfg.run, cfg.layers)
-    con = wh.connect()
+    con = wh.connect(runs=[cfg.run])  # this run's files only: opening costs nothing per other run's file
     require_tier(wh, [cfg.run], cfg.tier, con)
     groups = None
     if cfg.by:

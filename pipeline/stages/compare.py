@@ -258,7 +258,7 @@ def compare(runs=("A", "B"), warehouse: str = "storage", n: int = 5000, seed: in
     wh = Warehouse(warehouse)
     for name in (run, other):
         extracted_facts(wh, name)
-    con = wh.connect()
+    con = wh.connect(runs=[run, other])
     shared = check_comparable(wh, run, other, con)
     k = common_k(wh, run, other, k)
     tiers = common_tiers(wh, run, other, k, tier) if k is not None else []

@@ -132,7 +132,7 @@ def attach_metadata(run: str, files: list[str], warehouse: str = "storage") -> d
     `rows` stored, `unknown_ids` (rows for utterances the run lacks, left out), `files`."""
     wh = Warehouse(warehouse)
     with wh.lock(run):
-        con = wh.connect()
+        con = wh.connect(runs=[run])
         rows = con.execute("select utterance_id, speaker from utterances where run = ?", [run]).fetchall()
         known = {u for u, _ in rows}
         if not known:

@@ -81,7 +81,7 @@ def reduce(run: str, layer: int, method: str, warehouse: str = "storage", n: int
     t0 = time.perf_counter()
     pca = fit_pca(wh, run, layer, pca_dims)
     t_pca = time.perf_counter() - t0
-    con = wh.connect()
+    con = wh.connect(runs=[run], layers=[layer])
     if per_label is None:
         counts = query(wh.root, "report_label_counts", {"run": run, "layer": layer, "tier": tier}, con=con)
         per_label = per_label_for(dict(zip(counts["label"].to_pylist(), counts["n_frames"].to_pylist())), n)

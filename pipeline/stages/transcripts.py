@@ -157,7 +157,7 @@ def transcripts(cfg: TranscriptsConfig) -> dict[str, int]:
     geometry = facts.get("geometry")
     if not geometry:
         raise ValueError(f"run {cfg.run!r} in {cfg.warehouse} records no frame geometry: run `extract` first")
-    con = wh.connect()
+    con = wh.connect(runs=[cfg.run])
     rows = query(wh.root, GREEDY_LABELS_SQL, {"run": cfg.run, "tier": GREEDY_TIER}, con=con)
     if rows.num_rows == 0:
         raise ValueError(f"run {cfg.run!r} has no `{GREEDY_TIER}` segments: extract it with a CTC model first")
