@@ -22,7 +22,6 @@ commits (footers) is for resume (`commits()`) and `check`; readers trust the rec
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -38,7 +37,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.warehouse.fs import Store, StoreError  # noqa: F401 - StoreError re-exported for the CLI
+from pipeline.warehouse.fs import Store, StoreError, write_all  # noqa: F401 - StoreError re-exported for the CLI
 
 from pipeline import __version__
 from pipeline.warehouse import lock as runlock
@@ -161,13 +160,7 @@ def _append(path: Path, data: bytes, what: str) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n" and path.suffix == ".jsonl":
             data = b"\n" + data  # a torn last line from a crash: start on a fresh line
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                if n == 0:
-                    raise OSError(errno.ENOSPC, "short write")
-                view = view[n:]
-            os.fsync(fd)
+            write_all(fd, data)
         except OSError as err:
             os.ftruncate(fd, size)  # no torn record that would hide the ones appended later
             raise OSError(err.errno, f"could not write {what} to {path} ({err.strerror or err}): nothing was "

@@ -181,7 +181,7 @@ class Store:
             return self.create(rel, data)
         if not self.remote:
             path = self.path / rel
-            with _flock(path.with_name(f".{path.name}.mutex")):
+            with flock(path.with_name(f".{path.name}.mutex")):
                 current = self.read_bytes(rel)
                 if current is None or _etag_of(current) != tag:
                     return False
@@ -329,17 +329,22 @@ def _precondition_failed(err: BaseException) -> bool:
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or "pre-conditions" in str(err)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd` (a short write is retried; none written is a full disk) and fsync."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[n:]
+    os.fsync(fd)
+
+
 def _write_temp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            if n == 0:
-                raise OSError(errno.ENOSPC, "short write")
-            view = view[n:]
-        os.fsync(fd)
+        write_all(fd, data)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -357,7 +362,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def _flock(path: Path) -> Iterator[None]:
+def flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created) for the block; the kernel releases it if we die."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -24,7 +24,6 @@ error (run `python -m pipeline check`).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
@@ -38,6 +37,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.warehouse import vectors
+from pipeline.warehouse.fs import flock
 from pipeline.warehouse.schemas import REASONS, TABLES, empty_view_schema
 from pipeline.sql import SQL_DIR
 from pipeline.warehouse import DamagedFacts, Warehouse, _fsync_dir
@@ -193,14 +193,8 @@ def _reasons_view() -> str:
 def _mutex(root: Path) -> Iterator[None]:
     """One refresh at a time per warehouse: each reads the commits after the previous one wrote, so the
     last file written holds every commit made before any refresh started (a flock: released if we die)."""
-    path = root / "_locks" / "views.mutex"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flock(root / "_locks" / "views.mutex"):
         yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def write_atomic(path: Path, text: str) -> None:
