@@ -267,9 +267,9 @@ def test_bad_seeds_and_resamples_are_errors_that_say_what_to_do():
 
 
 def test_layers_name_the_log_mel_layer():
-    from pipeline.stages.extract import MEL_IN_ALL, split_layers
+    from pipeline.stages.extract import split_layers
 
-    assert split_layers("all", 2) == ([-1, 0, 1, 2], MEL_IN_ALL) and split_layers("all,mel", 2)[1]
+    assert split_layers("all", 2) == ([-1, 0, 1, 2], True) and split_layers("all,mel", 2)[1]
     assert split_layers("-1,mel", 2) == ([-1], True) and split_layers("2,-2", 2) == ([2], True)
     assert split_layers("-1,0-2", 2) == ([-1, 0, 1, 2], False)
     with pytest.raises(ValueError, match="names no layer of the model.*--layers -1,mel"):

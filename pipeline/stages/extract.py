@@ -35,9 +35,6 @@ from pipeline.warehouse import keys, schemas, vectors
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.algorithms.logmel import MEL_LAYER, N_MELS, log_mel_frames
 
-# `--layers all` stores the log-mel layer too (80 values a frame: ~1 % of wav2vec2-base's 13 layers). A run
-# begun before it existed (its facts' layers lack -2) resumes without it (see `_resume_layers`).
-MEL_IN_ALL = True
 from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE
 from pipeline.stages.ingest import (
     CORPUS_HELP,
@@ -81,8 +78,8 @@ class ExtractConfig:
     limit: int | None = field(default=None, metadata={"help": "only the first N items of the stream"})
     alignments: str | None = field(default=None, metadata={"help": ALIGNMENTS_HELP})
     layers: str = field(default="all", metadata={
-        "help": "'all', or e.g. '-1,0,6-12' (-1 = CNN output, 0 = transformer input); add mel (or -2) for "
-                "80 log-mel bins per frame: 'all,mel'"})
+        "help": "'all', or e.g. '-1,0,6-12,mel' (-1 = CNN output, 0 = transformer input, mel or -2 = 80 log-mel "
+                "bins per frame; 'all' holds every layer and mel)"})
     warehouse: str = "storage"
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     dtype: str = field(default="float16", metadata={"choices": ("float16", "float32"), "help": "stored vectors"})
@@ -125,7 +122,8 @@ class Counts:
 
 def split_layers(spec: str, num_layers: int) -> tuple[list[int], bool]:
     """(the model's layers, whether the log-mel layer is stored) of `--layers`: the log-mel layer is named
-    `mel` or -2 ('all' holds it when MEL_IN_ALL). The model's layers are `pipeline.model.parse_layers`'."""
+    `mel` or -2, and 'all' holds it (80 values a frame: ~1 % of wav2vec2-base's 13 layers; a run begun before
+    that resumes without it, `_resume_layers`). The model's layers are `pipeline.model.parse_layers`'."""
     from pipeline.model import parse_layers
 
     parts = [p.strip() for p in str(spec).split(",") if p.strip()]
@@ -134,7 +132,7 @@ def split_layers(spec: str, num_layers: int) -> tuple[list[int], bool]:
     if not rest:
         raise ValueError(f"--layers {spec!r} names no layer of the model: the frames are the model's, so name one "
                          "too, e.g. --layers -1,mel")
-    return parse_layers(",".join(rest), num_layers), any(is_mel) or (MEL_IN_ALL and any(p.lower() == "all" for p in rest))
+    return parse_layers(",".join(rest), num_layers), any(is_mel) or any(p.lower() == "all" for p in rest)
 
 
 def _resume_layers(wh, cfg: ExtractConfig, layers: list[int], mel: bool) -> bool:

@@ -150,16 +150,7 @@ class Store:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(path.parent)
             return True
-        self._need_conditional_writes()
-        try:
-            self._s3_put(rel, data, IfNoneMatch="*")
-        except FileExistsError:
-            return False
-        except OSError as err:
-            if _precondition_failed(err):
-                return False
-            raise
-        return True
+        return self._s3_put_if(rel, data, IfNoneMatch="*")
 
     def read_tagged(self, rel: str) -> tuple[bytes | None, str | None]:
         """(bytes, tag) of an object for a later `replace`; (None, None) when absent."""
@@ -189,16 +180,7 @@ class Store:
                 os.replace(tmp, path)
                 _fsync_dir(path.parent)
             return True
-        self._need_conditional_writes()
-        try:
-            self._s3_put(rel, data, IfMatch=tag)
-        except (FileNotFoundError, FileExistsError):
-            return False
-        except OSError as err:
-            if _precondition_failed(err):
-                return False
-            raise
-        return True
+        return self._s3_put_if(rel, data, IfMatch=tag)
 
     def delete(self, rel: str) -> None:
         if not self.remote:
@@ -271,6 +253,24 @@ class Store:
         if self.scheme != "s3":
             raise StoreError(f"{self.url}: conditional writes (commits, the lock) are implemented for s3:// and "
                              "local folders only; use an S3-compatible endpoint for this warehouse")
+
+    def _s3_put_if(self, rel: str, data: bytes, **condition: str) -> bool:
+        """A conditional PUT (`IfNoneMatch="*"`: only if absent; `IfMatch=tag`: only if unchanged): False when
+        the condition does not hold (the object exists, or changed or vanished since it was read)."""
+        self._need_conditional_writes()
+        try:
+            self._s3_put(rel, data, **condition)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            if "IfMatch" in condition:  # the object vanished since it was read; for a create: a missing bucket
+                return False
+            raise
+        except OSError as err:
+            if _precondition_failed(err):
+                return False
+            raise
+        return True
 
     def _s3_put(self, rel: str, data: bytes, **condition: str) -> None:
         bucket, key = self.full(rel).split("/", 1)
