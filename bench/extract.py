@@ -44,12 +44,13 @@ def _decode_shards(cfg) -> list[tuple[int, list[str], list, list]]:
 
 def _bare_forward(loaded, shards, layers: list[int], cfg) -> list[list[dict]]:
     """pipeline.model.extract over the buckets run_model forms: per shard, length_buckets(...)."""
-    from pipeline.model import extract as forward, length_buckets
+    from pipeline.model import extract as forward, length_buckets, max_batch_size_for
 
     out = []
     for _, _, prepared, _ in shards:
         outputs: list = [None] * len(prepared)
-        for bucket in length_buckets([len(p.wave) for p in prepared], cfg.max_batch_samples, cfg.max_batch_size):
+        size = cfg.max_batch_size or max_batch_size_for(loaded.device.type)
+        for bucket in length_buckets([len(p.wave) for p in prepared], cfg.max_batch_samples, size):
             for i, r in zip(bucket, forward(loaded, [prepared[i].wave for i in bucket], layers)):
                 outputs[i] = r
         out.append(outputs)

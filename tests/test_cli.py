@@ -42,7 +42,7 @@ HAND_WRITTEN = {
         (('--precision',), 'precision', 'auto', ('auto', 'float32', 'float16', 'bfloat16'), None, False, None),
         (('--shard-size',), 'shard_size', 64, None, None, False, 'int'),
         (('--max-batch-samples',), 'max_batch_samples', 2560000, None, None, False, 'int'),
-        (('--max-batch-size',), 'max_batch_size', 32, None, None, False, 'int'),
+        (('--max-batch-size',), 'max_batch_size', None, None, None, False, 'int'),  # was 32; now per device (issue 12)
         (('--no-progress',), 'progress', True, None, 0, False, None),
         (('--warehouse',), 'warehouse', 'storage', None, None, False, None),
         (('-v', '--verbose'), 'verbose', False, None, 0, False, None),

@@ -19,7 +19,8 @@ from typing import Any
 
 _EXPORTS = {
     "batching": ["DEFAULT_MAX_BATCH_SAMPLES", "DEFAULT_MAX_BATCH_SIZE", "NORM_EPS", "STATS_PIECE_SAMPLES",
-                 "ChunkWindow", "NormalisedWave", "chunk_windows", "length_buckets", "normalize_waveform"],
+                 "ChunkWindow", "NormalisedWave", "chunk_windows", "length_buckets", "max_batch_size_for",
+                 "normalize_waveform"],
     "fingerprint": ["WEIGHT_FILE_RE", "config_fingerprint", "folder_fingerprint", "revision", "user_cache_dir"],
     "forward": ["extract", "extract_windows", "n_windows"],
     "loading": ["DTYPES", "ESSENTIAL_WEIGHT_PREFIXES", "LAYER_CNN", "SUPPORTED_MODEL_TYPES", "LoadedModel",

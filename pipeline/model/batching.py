@@ -19,7 +19,17 @@ STATS_PIECE_SAMPLES = 30 * TARGET_SAMPLE_RATE_HZ  # conv0 output of a piece: 512
 # 160 s. Peak memory is in the first conv layer: 160 s x 3,200 steps/s x 512 channels x 4 bytes = 1 GB
 # per copy, up to 3 copies alive.
 DEFAULT_MAX_BATCH_SAMPLES = 160 * TARGET_SAMPLE_RATE_HZ
-DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_SIZE = 32  # on CUDA
+CPU_MAX_BATCH_SIZE = 8
+
+
+def max_batch_size_for(device_type: str) -> int:
+    """Utterances per forward pass when none is given: 8 on CPU, 32 elsewhere. On CPU a batch's activations
+    should stay in the caches (the first conv layer's output of 8 utterances of 2 s is 56 MB; of 32, 220 MB):
+    `extract` on 0.56 h with the default model took 53 s at 8 and 63 s at 32 on 2 cores, with 4/16 no better
+    than 8 (bench/README.md). A GPU wants large length-bucketed batches: `DEFAULT_MAX_BATCH_SAMPLES` of padded
+    audio bounds them."""
+    return CPU_MAX_BATCH_SIZE if device_type == "cpu" else DEFAULT_MAX_BATCH_SIZE
 
 
 def length_buckets(lengths: Sequence[int], max_batch_samples: int, max_batch_size: int) -> list[list[int]]:

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 
 from pipeline.algorithms.geometry import FrameGeometry
-from pipeline.model.batching import (DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE, STATS_PIECE_SAMPLES,
-                                     ChunkWindow, NormalisedWave, chunk_windows, length_buckets, normalize_waveform)
+from pipeline.model.batching import (DEFAULT_MAX_BATCH_SAMPLES, STATS_PIECE_SAMPLES, ChunkWindow, NormalisedWave,
+                                     chunk_windows, length_buckets, max_batch_size_for, normalize_waveform)
 from pipeline.model.loading import DTYPES, LAYER_CNN, LoadedModel, parse_layers
 
 
 def extract(loaded: LoadedModel, waveforms: Sequence[np.ndarray], layers: str | Sequence[int], *,
             max_chunk_s: float | None = 30.0, context_s: float = 2.0,
             max_batch_samples: int = DEFAULT_MAX_BATCH_SAMPLES,
-            max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> list[dict[int, np.ndarray]]:
+            max_batch_size: int | None = None) -> list[dict[int, np.ndarray]]:
     """Per waveform (float32, 16 kHz, mono), {layer: float32 array (n_frames x D)}.
 
     Exactly `geometry.n_frames(len(w))` rows each; row i is frame i. Equal to running the model
@@ -46,6 +46,7 @@ def extract(loaded: LoadedModel, waveforms: Sequence[np.ndarray], layers: str | 
     512 channels). Not thread-safe on one LoadedModel (it hooks its layers).
     """
     layers = parse_layers(layers, loaded.num_layers)
+    max_batch_size = max_batch_size or max_batch_size_for(loaded.device.type)
     geo = loaded.geometry
     waves = [_prepared(loaded, i, w) for i, w in enumerate(waveforms)]
     outputs = [{layer: np.empty((geo.n_frames(len(w)), loaded.layer_dim(layer)), np.float32) for layer in layers}
@@ -182,10 +183,12 @@ def _conv_features(loaded: LoadedModel, waves: list[np.ndarray],
         k, s = first.conv.kernel_size[0], first.conv.stride[0]
         norm = first.layer_norm
         for b, w in enumerate(waves):  # GroupNorm with C groups of 1 channel: per-channel mean, biased var
-            if stats[b] is None:
-                var, mean = torch.var_mean(h[b, :, :(len(w) - k) // s + 1], dim=-1, correction=0)
-            else:
-                mean, var = (t.to(dev) for t in stats[b])
+            if stats[b] is None:  # the model's own GroupNorm on this waveform's steps (the padding is never read)
+                n = (len(w) - k) // s + 1
+                h[b, :, :n] = torch.nn.functional.group_norm(h[b:b + 1, :, :n], norm.num_groups, norm.weight.float(),
+                                                             norm.bias.float(), norm.eps)[0]
+                continue
+            mean, var = (t.to(dev) for t in stats[b])
             scale = torch.rsqrt(var + norm.eps) * norm.weight.float()
             h[b].mul_(scale[:, None]).add_((norm.bias.float() - mean * scale)[:, None])
         h = first.activation(h)

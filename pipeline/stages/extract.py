@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -35,7 +36,7 @@ from pipeline.warehouse import keys, schemas, vectors
 from pipeline.algorithms.geometry import FrameGeometry, labels_at
 from pipeline.algorithms.logmel import MEL_LAYER, N_MELS, log_mel_frames
 
-from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, DEFAULT_MAX_BATCH_SIZE
+from pipeline.model.batching import DEFAULT_MAX_BATCH_SAMPLES, max_batch_size_for
 from pipeline.stages.ingest import (
     CORPUS_HELP,
     ID_COLUMN_HELP,
@@ -89,7 +90,9 @@ class ExtractConfig:
     shard_size: int = SHARD_SIZE
     max_batch_samples: int = field(default=MAX_BATCH_SAMPLES, metadata={
         "help": "padded audio samples per forward pass (default: 160 s)"})
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_size: int | None = field(default=None, metadata={
+        "help": "utterances per forward pass (default: 8 on CPU, where a batch's activations should stay in the "
+                "caches; 32 on CUDA)"})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
     progress: bool = field(default=True, metadata={"flag": "--no-progress"})
 
@@ -504,6 +507,8 @@ def extract(cfg: ExtractConfig, rank: int | None = None, world_size: int | None 
     loaded = load_model(cfg.model, device=device, dtype=precision, cache_dir=wh.cache_dir("_models"))
     if loaded.device.type == "cpu":
         _keep_freed_heap()
+    if cfg.max_batch_size is None:
+        cfg = dataclasses.replace(cfg, max_batch_size=max_batch_size_for(loaded.device.type))
     layers, mel = split_layers(cfg.layers, loaded.num_layers)  # the model's layers; mel: store the log-mel layer
     mel = _resume_layers(wh, cfg, layers, mel)
     spec = source_spec(cfg)
