@@ -328,3 +328,36 @@ def test_notebook_api_is_light():
             "heavy = [m for m in ('torch', 'transformers', 'faiss', 'sklearn') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory) -> Path:
+    """Frames of 2 layers in 6 shards of one utterance (6 files a layer), in a run named like a number."""
+    wh = tmp_path_factory.mktemp("wh")
+    extract(ExtractConfig(run="2024", warehouse=str(wh), limit=6, layers="-1,2", shard_size=1, progress=False))
+    return wh
+
+
+def test_partition_branches_give_what_hive_partitioning_gives(many_shards, monkeypatch):
+    """A partition holding FILES_PER_BRANCH files or more is read by its own read_parquet with the partition
+    values as constants; the views are the same as with Hive partitioning over every file (forced here)."""
+    script = views_sql(Warehouse(many_shards))
+    assert "hive_partitioning = false" in script and "2::BIGINT as \"layer\"" in script
+    monkeypatch.setattr(views, "FILES_PER_BRANCH", 10**9)
+    hive = views_sql(Warehouse(many_shards))
+    assert "hive_partitioning = false" not in hive
+    a, b = duckdb.connect(), duckdb.connect()
+    a.execute(script)
+    b.execute(hive)
+    names = _same_views(a, b)
+    assert "frames" in names
+    assert a.sql("select distinct run, layer from frames order by all").fetchall() == [("2024", -1), ("2024", 2)]
+    assert {r[0]: r[1] for r in a.sql("describe frames").fetchall()}["run"] == "VARCHAR"
+    assert a.sql("select count(*) from frames where layer = 2").fetchall() == \
+        b.sql("select count(*) from frames where layer = 2").fetchall() != [(0,)]
+
+
+def test_a_layer_query_names_that_layer_only(many_shards):
+    """`pipeline sql` on one run and layer builds a view over that layer's files alone."""
+    script = views_sql(Warehouse(many_shards), runs=["2024"], layers=[2])
+    assert "layer=2/" in script and "layer=-1/" not in script

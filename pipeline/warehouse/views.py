@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from pipeline.warehouse import vectors
 from pipeline.warehouse.fs import flock
-from pipeline.warehouse.schemas import REASONS, TABLES, empty_view_schema
+from pipeline.warehouse.schemas import PARTITIONS, REASONS, TABLES, empty_view_schema
 from pipeline.sql import SQL_DIR
 from pipeline.warehouse import DamagedFacts, Warehouse, _fsync_dir
 
@@ -64,11 +64,11 @@ def _table_files(records: dict, layers: list[int] | None, exclude: set[str] | No
     schema), every table of pipeline.warehouse.schemas included; with `layers`, a per-layer table's files
     of those layers only; never the files in `exclude`."""
     tables: dict[str, dict[str, dict]] = {name: {} for name in TABLES}
-    keep = None if layers is None else tuple(f"/layer={layer}/" for layer in layers)
+    keep = None if layers is None else {f"layer={layer}" for layer in layers}
     for rec in records.values():
         for f in rec["files"]:
-            path = f["path"]  # substring tests: this loop sees every file of a run (61,530 for LibriSpeech 960 h)
-            if keep is not None and "/layer=" in path and not any(k in path for k in keep):
+            path = f["path"]  # string tests only: this loop sees every file of a run (61,530 for LibriSpeech 960 h)
+            if keep is not None and (at := path.find("/layer=")) >= 0 and path[at + 1:path.find("/", at + 1)] not in keep:
                 continue
             if exclude and path in exclude:
                 continue
@@ -102,21 +102,72 @@ def _schema_kind(wh: Warehouse, rel: str, size: int | None) -> str | None:
     return dtype
 
 
+# A table's files are read by one read_parquet per partition (run, layer, …) with the partition values as
+# constant columns when its partitions hold at least this many files each on average, and by one read_parquet
+# with Hive partitioning otherwise. DuckDB binds a view at `create view` and again at each query: Hive
+# partitioning costs a path parse per file at each bind (~30 µs a file here), a branch one footer read.
+FILES_PER_BRANCH = 4
+
+
+def _partitions(path: str) -> tuple[tuple[str, str], ...]:
+    """The `key=value` folders of a file's path (relative: `<table>/run=R/layer=3/part-….parquet`), in order."""
+    return tuple(tuple(part.split("=", 1)) for part in path.split("/")[1:-1] if "=" in part)
+
+
+def _partition_types(table: str, keys: set[str], values: dict[str, set[str]]) -> dict[str, str]:
+    """DuckDB types of a table's partition columns: `run` and the declared ones as schemas.PARTITIONS says;
+    another key (older warehouses) BIGINT when every value is an integer, else VARCHAR. Given to Hive
+    partitioning too, so a run named `2024` is the string '2024' either way (DuckDB would guess BIGINT)."""
+    declared = {"run": pa.string(), **dict(PARTITIONS.get(table, []))}
+    out = {}
+    for key in keys:
+        typ = declared.get(key)
+        if typ is None:
+            integer = all(v.lstrip("-").isdigit() for v in values[key])
+            out[key] = "BIGINT" if integer else "VARCHAR"
+        else:
+            out[key] = "BIGINT" if pa.types.is_integer(typ) else "VARCHAR"
+    return out
+
+
+def _constant(value: str, typ: str) -> str:
+    return f"{int(value)}::BIGINT" if typ == "BIGINT" else f"{sql_string(value)}::VARCHAR"
+
+
 def _files_view(wh: Warehouse, name: str, files: list[dict]) -> str:
-    """The view over a table's files, one read_parquet per (vector kind, schema): binary vectors decoded by
-    pipeline_vector, list vectors (older warehouses) read as they are, united by column name. Files of
-    one recorded schema hash are read without union_by_name (which opens every footer at each query)."""
-    root = wh.root.resolve() if not wh.remote else None
+    """The view over a table's files, one read_parquet per (vector kind, schema) and, where partitions hold
+    FILES_PER_BRANCH files or more on average, per partition: binary vectors decoded by pipeline_vector,
+    list vectors (older warehouses) read as they are, united by column name. Files of one recorded schema
+    hash are read without union_by_name (which opens every footer at each query). The partition columns
+    (`run`, `layer`, …) follow the file's columns, sorted by name, as Hive partitioning gives them."""
+    prefix = wh.root.resolve().as_posix() + "/" if not wh.remote else None
     groups: dict[tuple[str, str], list[str]] = {}
     for f in files:
         key = (_vector_kind(wh, name, f) or "", f.get("schema") or "")
         groups.setdefault(key, []).append(f["path"])
+    by_partition = {key: {} for key in groups}
+    values: dict[str, set[str]] = {}
+    for key, group in groups.items():
+        for path in group:
+            parts = _partitions(path)
+            by_partition[key].setdefault(parts, []).append(path)
+            for k, v in parts:
+                values.setdefault(k, set()).add(v)
+    types = _partition_types(name, set(values), values)
     selects = []
     for (kind, schema), group in sorted(groups.items()):
-        paths = ",\n    ".join(sql_string((root / p).as_posix() if root is not None else wh.uri(p)) for p in group)
         union = "" if schema else ", union_by_name = true"  # one schema hash: one schema; groups unite by name
-        source = f"read_parquet([\n    {paths}\n], hive_partitioning = true{union})"
-        selects.append(f"select {vectors.view_select(kind)} from {source}" if kind else f"select * from {source}")
+        columns = vectors.view_select(kind) if kind else "*"
+        partitions = by_partition[(kind, schema)]
+        if len(group) < FILES_PER_BRANCH * len(partitions):
+            partitions = {None: group}  # few files per partition: one read_parquet, partitions from the paths
+        for parts, paths in sorted(partitions.items(), key=lambda item: item[0] or ()):
+            listed = ",\n    ".join(sql_string(prefix + p if prefix is not None else wh.uri(p)) for p in paths)
+            hive = "false" if parts is not None else "true, hive_types = {" + ", ".join(
+                f"{sql_string(k)}: {t}" for k, t in sorted(types.items())) + "}"
+            constants = "".join(f", {_constant(v, types[k])} as {_identifier(k)}" for k, v in sorted(parts or ()))
+            selects.append(f"select {columns}{constants} from read_parquet([\n    {listed}\n], "
+                           f"hive_partitioning = {hive}{union})")
     return f"create or replace view {_identifier(name)} as {' union all by name '.join(selects)};"
 
 
@@ -176,10 +227,12 @@ def views_sql(wh: Warehouse, run: str | None = None, runs: list[str] | None = No
         log.warning("warehouse path %s contains a comma: relative paths in your SQL will not resolve", where)
     elif not wh.remote:
         header.append(f"set file_search_path = {sql_string(where)};")
-    body = [vectors.macro_sql()]
-    for name, files in _table_files(records, layers, exclude).items():
-        body.append(_files_view(wh, name, files) if files else _empty_view(name))
-    body += [_runs_view(wh, chosen), FRAME_LABELS_SQL.read_text().strip(), _reasons_view()]
+    # every table's view empty first, then the macros, then the views over files: DuckDB binds a macro's
+    # tables when it creates the macro (every file a view names), and binds them again at each call anyway
+    tables = _table_files(records, layers, exclude)
+    body = [vectors.macro_sql(), *(_empty_view(name) for name in tables if name in TABLES),
+            _runs_view(wh, chosen), FRAME_LABELS_SQL.read_text().strip(), _reasons_view()]
+    body += [_files_view(wh, name, files) for name, files in tables.items() if files]
     return "\n".join(header) + "\n\n" + "\n\n".join(body) + "\n"
 
 
