@@ -21,7 +21,7 @@ from pipeline.stages.analyze import AnalyzeConfig, analyze
 from pipeline.cli import main
 from pipeline.stages.extract import ExtractConfig, extract
 from pipeline.notebook import open_warehouse, vectors
-from pipeline.warehouse import views
+from pipeline.warehouse import schemas, views
 from pipeline.warehouse.views import refresh, views_sql
 from pipeline.warehouse import Warehouse
 from pipeline.warehouse import vectors as vector_encoding
@@ -361,3 +361,11 @@ def test_a_layer_query_names_that_layer_only(many_shards):
     """`pipeline sql` on one run and layer builds a view over that layer's files alone."""
     script = views_sql(Warehouse(many_shards), runs=["2024"], layers=[2])
     assert "layer=2/" in script and "layer=-1/" not in script
+
+
+@pytest.mark.parametrize("table", sorted(schemas.TABLES))
+def test_empty_views_are_typed_as_duckdb_reads_the_schema(table):
+    """views.duckdb_type (a table, so that opening the warehouse does not ask DuckDB) agrees with DuckDB."""
+    schema = schemas.empty_view_schema(table)
+    rel = duckdb.connect().from_arrow(schema.empty_table())
+    assert [views.duckdb_type(f.type) for f in schema] == [str(t) for t in rel.types]
