@@ -37,7 +37,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.warehouse.fs import Store, StoreError, write_all  # noqa: F401 - StoreError re-exported for the CLI
+from pipeline.warehouse.fs import Store, StoreError, _fsync_dir, write_all  # noqa: F401 - StoreError re-exported for the CLI
 
 from pipeline import __version__
 from pipeline.warehouse import lock as runlock
@@ -165,14 +165,6 @@ def _append(path: Path, data: bytes, what: str) -> None:
             os.ftruncate(fd, size)  # no torn record that would hide the ones appended later
             raise OSError(err.errno, f"could not write {what} to {path} ({err.strerror or err}): nothing was "
                                      "committed; free disk space or raise the file-size limit, then rerun") from err
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

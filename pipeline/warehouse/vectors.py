@@ -188,22 +188,28 @@ def _column_paths(schema: pa.Schema) -> tuple[str, ...]:
 # ---------------------------------------------------------------- DuckDB
 
 
+def _sql_ieee(u: str, exponent_bits: int, mantissa_bits: int) -> str:
+    """SQL: the IEEE binary float whose bits are the integer expression `u` (float16: 5 and 10 bits, float32:
+    8 and 23), as DOUBLE (exact): sign, biased exponent and mantissa decoded by hand, subnormals, ±0, ±inf
+    and NaN included."""
+    top, mantissa_max, bias = (1 << exponent_bits) - 1, (1 << mantissa_bits) - 1, (1 << (exponent_bits - 1)) - 1
+    shift = bias + mantissa_bits  # value = mantissa_with_implicit_one * 2^(e - shift)
+    e, m = f"(({u} >> {mantissa_bits}) & {top})", f"({u} & {mantissa_max})"
+    magnitude = (f"case when {e} = 0 then {m}::double * pow(2.0::double, {1 - shift}) "
+                 f"when {e} = {top} then (case when {m} = 0 then 'inf'::double else 'nan'::double end) "
+                 f"else ({1 << mantissa_bits} + {m})::double * pow(2.0::double, {e} - {shift}) end")
+    sign_bit = exponent_bits + mantissa_bits
+    return f"(case when ({u} >> {sign_bit}) = 1 then -1.0::double else 1.0::double end) * {magnitude}"
+
+
 def _sql_half(u: str) -> str:
     """SQL: the float16 whose 16 bits are the integer expression `u`, as DOUBLE (exact)."""
-    e, m = f"(({u} >> 10) & 31)", f"({u} & 1023)"
-    magnitude = (f"case when {e} = 0 then {m}::double * pow(2.0::double, -24) "
-                 f"when {e} = 31 then (case when {m} = 0 then 'inf'::double else 'nan'::double end) "
-                 f"else (1024 + {m})::double * pow(2.0::double, {e} - 25) end")
-    return f"(case when ({u} >> 15) = 1 then -1.0::double else 1.0::double end) * {magnitude}"
+    return _sql_ieee(u, 5, 10)
 
 
 def _sql_single(u: str) -> str:
     """SQL: the float32 whose 32 bits are the BIGINT expression `u`, as DOUBLE (exact)."""
-    e, m = f"(({u} >> 23) & 255)", f"({u} & 8388607)"
-    magnitude = (f"case when {e} = 0 then {m}::double * pow(2.0::double, -149) "
-                 f"when {e} = 255 then (case when {m} = 0 then 'inf'::double else 'nan'::double end) "
-                 f"else (8388608 + {m})::double * pow(2.0::double, {e} - 150) end")
-    return f"(case when ({u} >> 31) = 1 then -1.0::double else 1.0::double end) * {magnitude}"
+    return _sql_ieee(u, 8, 23)
 
 
 def macro_sql() -> str:

@@ -114,13 +114,13 @@ def _partitions(path: str) -> tuple[tuple[str, str], ...]:
     return tuple(tuple(part.split("=", 1)) for part in path.split("/")[1:-1] if "=" in part)
 
 
-def _partition_types(table: str, keys: set[str], values: dict[str, set[str]]) -> dict[str, str]:
+def _partition_types(table: str, values: dict[str, set[str]]) -> dict[str, str]:
     """DuckDB types of a table's partition columns: `run` and the declared ones as schemas.PARTITIONS says;
     another key (older warehouses) BIGINT when every value is an integer, else VARCHAR. Given to Hive
     partitioning too, so a run named `2024` is the string '2024' either way (DuckDB would guess BIGINT)."""
     declared = {"run": pa.string(), **dict(PARTITIONS.get(table, []))}
     out = {}
-    for key in keys:
+    for key in values:
         typ = declared.get(key)
         if typ is None:
             integer = all(v.lstrip("-").isdigit() for v in values[key])
@@ -153,7 +153,7 @@ def _files_view(wh: Warehouse, name: str, files: list[dict]) -> str:
             by_partition[key].setdefault(parts, []).append(path)
             for k, v in parts:
                 values.setdefault(k, set()).add(v)
-    types = _partition_types(name, set(values), values)
+    types = _partition_types(name, values)
     selects = []
     for (kind, schema), group in sorted(groups.items()):
         union = "" if schema else ", union_by_name = true"  # one schema hash: one schema; groups unite by name
