@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
 import pyarrow as pa
 
 from pipeline.warehouse import vectors
